@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# HTTP benchmark: herd run vs Node cluster vs hand-started reuseport servers.
+#
+#   bash bench/http.sh                 # from the repo root; ~3 min at DURATION=10
+#
+# Every scenario runs 2 workers and is measured with
+#   wrk -t$THREADS -c$CONNS -d${DURATION}s http://127.0.0.1:PORT/
+# once with keep-alive and once with 'Connection: close', after a 1 s warm-up.
+#
+# Scenarios:
+#   node-single               one plain `node examples/node/hello.js`
+#   node-cluster-rr           bench/node-cluster.js, cluster.SCHED_RR
+#   node-cluster-none         bench/node-cluster.js, cluster.SCHED_NONE
+#   herd-reuseport            herd run --balance reuseport, Node hello
+#   herd-shared               herd run --balance shared, Node hello
+#   go-handstarted-reuseport  2 x hello-go -reuseport started by hand
+#   herd-reuseport-go         herd run --balance reuseport, hello-go
+#
+# Environment knobs:
+#   DURATION=10     seconds per wrk run
+#   THREADS=2       wrk threads (-t)
+#   CONNS=64        wrk connections (-c)
+#   BASE_PORT=18080 scenario i listens on BASE_PORT+i
+#   HERD=PATH       use this herd binary instead of building ./cmd/herd
+#   ONLY=REGEX      run only the scenarios whose name matches the extended
+#                   regex, e.g. ONLY=node (node-*), ONLY=go, ONLY='^herd-'
+#
+# Needs go, node, curl and wrk; wrk and curl are installed with apt-get
+# when missing (run as root). Exits non-zero if a scenario failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-64}
+BASE_PORT=${BASE_PORT:-18080}
+ONLY=${ONLY:-}
+WORKERS=2
+
+SCENARIOS=(
+	node-single
+	node-cluster-rr
+	node-cluster-none
+	herd-reuseport
+	herd-shared
+	go-handstarted-reuseport
+	herd-reuseport-go
+)
+
+selected() { [[ -z $ONLY || $1 =~ $ONLY ]]; }
+
+need_herd=false need_go=false
+for s in "${SCENARIOS[@]}"; do
+	selected "$s" || continue
+	[[ $s == herd-* ]] && need_herd=true
+	[[ $s == *-go || $s == go-* ]] && need_go=true
+done
+
+# --- tools -----------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+	echo "installing ${missing[*]}" >&2
+	apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+tmp=$(mktemp -d)
+cur=     # tag of the scenario currently running
+wrk_pid= # wrk currently running
+# shellcheck disable=SC2317 # invoked by trap
+cleanup() {
+	[[ -n $wrk_pid ]] && kill "$wrk_pid" 2>/dev/null
+	[[ -n $cur ]] && kill_tagged "$cur" KILL
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -n ${HERD:-} ]]; then
+	cp "$HERD" "$tmp/herd"
+elif $need_herd; then
+	go build -o "$tmp/herd" ./cmd/herd
+fi
+if $need_go; then go build -o "$tmp/hello-go" ./examples/hello-go; fi
+
+# --- helpers ---------------------------------------------------------------
+
+# Each scenario is started in its own process group with HERD_BENCH_TAG=TAG
+# in its environment. Not with setsid: a new session is a new scheduler
+# autogroup, which would split the CPU 50/50 between server and wrk instead
+# of per thread (halving multi-threaded Go results on 2 cores).
+#
+# tagged_pids TAG: the processes started with HERD_BENCH_TAG=TAG (this finds
+# workers even if they moved to another process group or were orphaned).
+tagged_pids() {
+	grep -lsxzF "HERD_BENCH_TAG=$1" /proc/[0-9]*/environ |
+		awk -F/ -v self=$$ '$3 != self { print $3 }' || true
+}
+
+kill_tagged() { # kill_tagged TAG SIGNAL
+	local -a pids
+	mapfile -t pids < <(tagged_pids "$1")
+	((${#pids[@]} == 0)) || kill -"$2" "${pids[@]}" 2>/dev/null || true
+}
+
+# listening PORT: true if some socket listens on PORT (IPv4 or IPv6).
+listening() {
+	local hex
+	hex=$(printf '%04X' "$1")
+	awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
+		/proc/net/tcp /proc/net/tcp6
+}
+
+alive() { # alive PID: running and not a zombie
+	local state
+	state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ $state != Z ]]
+}
+
+# wait_ready PORT PID WANT: poll until the port answers (10 s at most) and,
+# for up to 3 s more, until WANT distinct worker pids have answered.
+wait_ready() {
+	local port=$1 pid=$2 want=$3 body deadline
+	local -A seen=()
+	deadline=$((SECONDS + 10))
+	until body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/"); do
+		if ! alive "$pid"; then
+			echo "  process exited before answering" >&2
+			return 1
+		fi
+		if ((SECONDS >= deadline)); then
+			echo "  port $port did not answer within 10 s" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	seen[p${body##* pid }]=1
+	deadline=$((SECONDS + 3))
+	while ((${#seen[@]} < want && SECONDS < deadline)); do
+		body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/") && seen[p${body##* pid }]=1
+	done
+	if ((${#seen[@]} < want)); then
+		echo "  warning: only ${#seen[@]} of $want workers answered" >&2
+	fi
+}
+
+# stop PID TAG PORT: SIGTERM the scenario's main process, wait up to 10 s,
+# then make sure nothing of it is left (SIGKILL the rest if needed).
+stop() {
+	local pid=$1 tag=$2 port=$3 i rc=0 left
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	if alive "$pid"; then
+		echo "  warning: pid $pid ignored SIGTERM for 10 s, killing" >&2
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || rc=$?
+	((rc == 0)) || echo "  note: main process exited with status $rc" >&2
+	for ((i = 0; i < 30; i++)); do
+		left=$(tagged_pids "$tag")
+		[[ -z $left ]] && break
+		sleep 0.1
+	done
+	if [[ -n $left ]]; then
+		echo "  warning: left behind after stop: ${left//$'\n'/ }; killing" >&2
+		kill -KILL -- -"$pid" 2>/dev/null || true
+		kill_tagged "$tag" KILL
+	fi
+	cur=
+	for ((i = 0; i < 20; i++)); do
+		listening "$port" || return 0
+		sleep 0.1
+	done
+	echo "  warning: something still listens on port $port" >&2
+}
+
+# run_wrk SECONDS OUTFILE [ARGS...]: wrk in the background, so that a
+# signal to this script is handled at once rather than after wrk is done.
+run_wrk() {
+	local d=$1 out=$2
+	shift 2
+	wrk -t"$THREADS" -c"$CONNS" -d"${d}s" "$@" >"$out" 2>&1 &
+	wrk_pid=$!
+	wait "$wrk_pid" || true
+	wrk_pid=
+}
+
+# bench PORT MODE: sets RPS to the req/s measured; MODE is keepalive or close.
+# (Not a $(...) subshell, so that the traps can stop wrk.)
+bench() {
+	local url="http://127.0.0.1:$1/" out="$tmp/wrk.out"
+	local -a hdr=()
+	[[ $2 == close ]] && hdr=(-H 'Connection: close')
+	run_wrk 1 "$out" "${hdr[@]}" "$url" # warm-up
+	run_wrk "$DURATION" "$out" "${hdr[@]}" "$url"
+	grep -E 'Socket errors|Non-2xx' "$out" | sed "s/^ */  $2: /" >&2 || true
+	RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+	if [[ -z $RPS ]]; then
+		echo "  $2: wrk gave no result:" >&2
+		sed 's/^/  | /' "$out" | tail -5 >&2
+	fi
+}
+
+# start NAME PORT: starts the scenario in its own process group; sets PID,
+# cur (its tag) and WANT (how many distinct workers should answer).
+start() {
+	local name=$1 port=$2
+	local -a cmd
+	WANT=$WORKERS
+	case $name in
+	node-single)
+		cmd=(env PORT="$port" node examples/node/hello.js)
+		WANT=1
+		;;
+	node-cluster-rr | node-cluster-none)
+		cmd=(env PORT="$port" WORKERS="$WORKERS" SCHED="${name#node-cluster-}" node bench/node-cluster.js)
+		;;
+	herd-reuseport | herd-shared)
+		cmd=("$tmp/herd" run -w "$WORKERS" -l "127.0.0.1:$port" --balance "${name#herd-}" -- node examples/node/hello.js)
+		;;
+	herd-reuseport-go)
+		cmd=("$tmp/herd" run -w "$WORKERS" -l "127.0.0.1:$port" --balance reuseport -- "$tmp/hello-go")
+		;;
+	go-handstarted-reuseport)
+		# A shell that starts the copies and forwards SIGTERM to them.
+		# shellcheck disable=SC2016 # expanded by the inner shell
+		cmd=(bash -c '
+			pids=()
+			for ((i = 0; i < $1; i++)); do
+				HERD_WORKER_ID=$i "$2" -addr "127.0.0.1:$3" -reuseport & pids+=($!)
+			done
+			trap "kill -TERM ${pids[*]}" TERM
+			wait; wait' hand "$WORKERS" "$tmp/hello-go" "$port")
+		;;
+	*)
+		echo "unknown scenario $name" >&2
+		return 1
+		;;
+	esac
+	cur="$tmp/$name"
+	set -m # job control only for this job: it gets a process group of its own
+	HERD_BENCH_TAG=$cur "${cmd[@]}" </dev/null >"$tmp/$name.log" 2>&1 &
+	PID=$!
+	set +m
+}
+
+# --- run -------------------------------------------------------------------
+
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+echo '```'
+echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "arch:    $(uname -m) (kernel $(uname -r))"
+echo "nproc:   $(nproc)"
+echo "cpu:     ${cpu:-unknown}"
+echo "node:    $(node --version)"
+echo "go:      $(go version | awk '{ print $3 }')"
+echo "wrk:     $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') -t$THREADS -c$CONNS -d${DURATION}s, $WORKERS workers per scenario"
+echo '```'
+
+declare -A KA=() CL=() RSS=()
+failed=0
+i=0
+for name in "${SCENARIOS[@]}"; do
+	port=$((BASE_PORT + i))
+	i=$((i + 1))
+	selected "$name" || continue
+	echo "== $name (port $port)" >&2
+	if listening "$port"; then
+		echo "  port $port is already in use, skipping" >&2
+		failed=1
+		continue
+	fi
+	start "$name" "$port"
+	if ! wait_ready "$port" "$PID" "$WANT"; then
+		sed 's/^/  | /' "$tmp/$name.log" | tail -20 >&2
+		stop "$PID" "$cur" "$port"
+		failed=1
+		continue
+	fi
+	if [[ $name == herd-* ]]; then
+		sleep 1 # idle, 2 workers up, before any load
+		RSS[$name]=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$PID/status" 2>/dev/null) || true
+	fi
+	bench "$port" keepalive
+	KA[$name]=$RPS
+	bench "$port" close
+	CL[$name]=$RPS
+	[[ -n ${KA[$name]} && -n ${CL[$name]} ]] || failed=1
+	echo "  keep-alive ${KA[$name]:-?} req/s, close ${CL[$name]:-?} req/s${RSS[$name]:+, primary RSS ${RSS[$name]} MB}" >&2
+	stop "$PID" "$cur" "$port"
+done
+
+ratio() { # ratio A B: A/B as a percentage, or n/a
+	awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a > 0 && b > 0) printf "%.1f%%", 100 * a / b; else printf "n/a" }'
+}
+
+echo
+echo "| scenario | keep-alive req/s | close req/s |"
+echo "| --- | ---: | ---: |"
+for name in "${SCENARIOS[@]}"; do
+	selected "$name" || continue
+	echo "| $name | ${KA[$name]:-n/a} | ${CL[$name]:-n/a} |"
+done
+
+echo
+echo "| ratio | keep-alive | close |"
+echo "| --- | ---: | ---: |"
+row() { echo "| $1 / $2 | $(ratio "${KA[$1]:-}" "${KA[$2]:-}") | $(ratio "${CL[$1]:-}" "${CL[$2]:-}") |"; }
+row herd-reuseport node-cluster-rr
+row herd-reuseport node-cluster-none
+row herd-shared node-cluster-rr
+row herd-reuseport-go go-handstarted-reuseport
+
+if ((${#RSS[@]})); then
+	echo
+	for name in "${SCENARIOS[@]}"; do
+		[[ -n ${RSS[$name]:-} ]] && echo "herd primary RSS ($name, idle, $WORKERS workers): ${RSS[$name]} MB"
+	done
+fi
+exit "$failed"

@@ -1,0 +1,649 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/herd-sh/herd/internal/herdtest"
+	"github.com/herd-sh/herd/internal/testworker"
+)
+
+// The test binary plays three parts: the tests; herd itself, when
+// HERD_TEST_AS_CLI=1 (the real main code path, run as a child process);
+// and the Go workers of internal/testworker.
+func TestMain(m *testing.M) {
+	testworker.Main()
+	// Race-built children otherwise sleep a second at exit.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
+	if os.Getenv("HERD_TEST_AS_CLI") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// startHerd starts a primary with args.
+func startHerd(t *testing.T, env []string, args ...string) *herdtest.Proc {
+	t.Helper()
+	return herdtest.Start(t, append([]string{"HERD_TEST_AS_CLI=1"}, env...), append([]string{os.Args[0], "run"}, args...)...)
+}
+
+// worker returns "-- TESTBIN __worker role args...".
+func worker(role string, args ...string) []string {
+	return append([]string{"--"}, testworker.Command(role, args...)...)
+}
+
+func argv(parts ...any) []string {
+	var out []string
+	for _, p := range parts {
+		switch v := p.(type) {
+		case string:
+			out = append(out, v)
+		case []string:
+			out = append(out, v...)
+		}
+	}
+	return out
+}
+
+// ids fetches url n times on new connections and returns the replies.
+func replies(t *testing.T, url string, n, concurrency int) []herdtest.Reply {
+	t.Helper()
+	c := herdtest.NewClient(false)
+	var mu sync.Mutex
+	var out []herdtest.Reply
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, concurrency)
+	for range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			r, err := herdtest.Get(c, url)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			out = append(out, r)
+		})
+	}
+	wg.Wait()
+	c.CloseIdleConnections()
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d requests to %s failed, first: %v", len(errs), n, url, errs[0])
+	}
+	return out
+}
+
+func waitServing(t *testing.T, h *herdtest.Proc, n int) {
+	t.Helper()
+	if !herdtest.Eventually(15*time.Second, func() bool { return h.Exited() || h.Count("msg=\"worker started\"") >= n }) || h.Exited() {
+		t.Fatalf("fewer than %d workers started", n)
+	}
+}
+
+func TestWorkersGetTheirSocketsAndIDs(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "3", "-l", "a=127.0.0.1:0", "-l", "b=127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 3)
+	for _, name := range []string{"a", "b"} {
+		seen := map[int]bool{}
+		for _, r := range replies(t, "http://"+h.Addr(name)+"/", 60, 6) {
+			seen[r.ID] = true
+			if r.FDs != 2 || r.Names != "a:b" {
+				t.Errorf("worker %d got LISTEN_FDS=%d LISTEN_FDNAMES=%q, want 2 and a:b", r.ID, r.FDs, r.Names)
+			}
+		}
+		for id := range 3 {
+			if !seen[id] {
+				t.Errorf("listener %s: no reply from worker %d (seen %v)", name, id, seen)
+			}
+		}
+	}
+}
+
+func TestEveryBalanceModeReachesEveryWorker(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"reuseport", "shared"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			h := startHerd(t, []string{"TEST_SLOW=20ms"}, argv("-w", "2", "--balance", mode, "-l", "127.0.0.1:0", worker("http"))...)
+			waitServing(t, h, 2)
+			seen := map[int]int{}
+			for _, r := range replies(t, "http://"+h.Addr("listen0")+"/", 80, 8) {
+				seen[r.ID]++
+			}
+			if seen[0] == 0 || seen[1] == 0 {
+				t.Fatalf("%s: connections per worker %v, want both workers", mode, seen)
+			}
+			if !strings.Contains(h.Stderr(), "balance="+mode) {
+				t.Errorf("herd did not report balance=%s", mode)
+			}
+		})
+	}
+}
+
+func TestUnixAndIPv6Listeners(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	h := startHerd(t, nil, argv("-w", "2", "-l", "unix:"+sock, "-l", "v6=[::1]:0", worker("http"))...)
+	waitServing(t, h, 2)
+	out, err := exec.Command("curl", "-s", "--max-time", "5", "--unix-socket", sock, "http://x/").Output()
+	if err != nil {
+		t.Fatalf("request over %s: %v", sock, err)
+	}
+	if r, err := herdtest.ParseReply(string(out)); err != nil || r.Names != "listen0:v6" {
+		t.Fatalf("unix reply %q (%v), want names listen0:v6", out, err)
+	}
+	if addr := h.Addr("v6"); !strings.HasPrefix(addr, "[::1]:") {
+		t.Fatalf("v6 listener bound %s", addr)
+	}
+	replies(t, "http://"+h.Addr("v6")+"/", 10, 2)
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket file %s left behind after stop (err %v)", sock, err)
+	}
+}
+
+func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "2", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 2)
+	url := "http://" + h.Addr("listen0") + "/"
+	old := pidsBySlot(t, url, 2)
+	if err := syscall.Kill(old[1], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var now map[int]int
+	ok := herdtest.Eventually(10*time.Second, func() bool {
+		now = pidsBySlot(t, url, 2)
+		return now[1] != old[1]
+	})
+	if !ok {
+		t.Fatalf("slot 1 still served by pid %d after kill -9", old[1])
+	}
+	if now[0] != old[0] {
+		t.Errorf("slot 0 changed pid %d -> %d; only slot 1 was killed", old[0], now[0])
+	}
+	if !strings.Contains(h.Stderr(), fmt.Sprintf(`msg="worker exited" worker=1 pid=%d status="signal: killed"`, old[1])) {
+		t.Errorf("exit of pid %d not logged with slot, pid and signal", old[1])
+	}
+}
+
+// pidsBySlot asks until it has heard from every slot.
+func pidsBySlot(t *testing.T, url string, n int) map[int]int {
+	t.Helper()
+	c := herdtest.NewClient(false)
+	defer c.CloseIdleConnections()
+	pids := map[int]int{}
+	for i := 0; len(pids) < n && i < 400; i++ {
+		if r, err := herdtest.Get(c, url); err == nil {
+			pids[r.ID] = r.PID
+		}
+	}
+	if len(pids) < n {
+		t.Fatalf("heard from %d slots, want %d", len(pids), n)
+	}
+	return pids
+}
+
+// While a worker is being replaced, connections wait in its socket's
+// queue (one worker) or are steered to the others (two): none is refused
+// and every one is answered.
+func TestNoConnectionRefusedDuringReplacement(t *testing.T) {
+	t.Parallel()
+	for _, workers := range []int{1, 2} {
+		t.Run(strconv.Itoa(workers)+"workers", func(t *testing.T) {
+			t.Parallel()
+			h := startHerd(t, nil, argv("-w", strconv.Itoa(workers), "-l", "127.0.0.1:0", worker("http"))...)
+			waitServing(t, h, workers)
+			url := "http://" + h.Addr("listen0") + "/"
+			for round := range 5 {
+				victims := pidsBySlot(t, url, workers)
+				for _, pid := range victims {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+				// Wait until the victims are gone, so no request below can
+				// be accepted by a dying worker.
+				for _, pid := range victims {
+					if !herdtest.Eventually(5*time.Second, func() bool { return !herdtest.Alive(pid) }) {
+						t.Fatalf("pid %d survived kill -9", pid)
+					}
+				}
+				got := replies(t, url, 30, 30)
+				for _, r := range got {
+					if slices.Contains(slices.Collect(mapValues(victims)), r.PID) {
+						t.Fatalf("round %d: reply from killed pid %d", round, r.PID)
+					}
+				}
+			}
+		})
+	}
+}
+
+func mapValues(m map[int]int) func(func(int) bool) {
+	return func(yield func(int) bool) {
+		for _, v := range m {
+			if !yield(v) {
+				return
+			}
+		}
+	}
+}
+
+// A slot that keeps crashing must not keep a share of new connections
+// waiting in its socket's queue: they are steered to the live slots.
+func TestCrashLoopingSlotDoesNotStrandConnections(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_CRASH_SLOT=1"}, argv("-w", "2", "-l", "127.0.0.1:0", worker("http"))...)
+	h.WaitLog("worker is crash-looping", 10*time.Second)
+	url := "http://" + h.Addr("listen0") + "/"
+	c := herdtest.NewClient(false)
+	c.Timeout = 2 * time.Second // well under the slot's backoff once it grows
+	defer c.CloseIdleConnections()
+	// Let the backoff grow past the client's timeout.
+	if !herdtest.Eventually(15*time.Second, func() bool { return h.Count("worker is crash-looping") >= 6 }) {
+		t.Fatal("slot 1 did not keep crashing")
+	}
+	for i := range 100 {
+		r, err := herdtest.Get(c, url)
+		if err != nil {
+			t.Fatalf("request %d: %v (stranded on the crash-looping slot?)", i, err)
+		}
+		if r.ID != 0 {
+			t.Fatalf("request %d served by slot %d", i, r.ID)
+		}
+	}
+}
+
+func TestCrashLoopBacksOff(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", worker("exit", "3"))...)
+	time.Sleep(3 * time.Second)
+	// 100ms doubling: starts at about 0, 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s.
+	exits := h.Count(`msg="worker exited"`)
+	if exits < 4 || exits > 12 {
+		t.Fatalf("%d exits in 3s, want the backoff's 5-8 (not a busy loop, not stuck)", exits)
+	}
+	if h.Count("worker is crash-looping") == 0 {
+		t.Error("crash-looping not reported")
+	}
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM during backoff", code)
+	}
+}
+
+func TestMaxRestartsExitsNonZero(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "2", "--max-restarts", "3", "--restart-window", "1m", worker("exit", "3"))...)
+	if code := h.Wait(20 * time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if !strings.Contains(h.Stderr(), "worker restarted too often: more than 3 restarts within 1m0s") {
+		t.Fatalf("no reason given; stderr:\n%s", h.Stderr())
+	}
+}
+
+func TestSIGTERMStopsEverything(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_CHILD=1"}, argv("-w", "2", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 2)
+	procs := workerPIDs(t, "http://"+h.Addr("listen0")+"/", 2)
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	for _, pid := range procs {
+		if herdtest.Alive(pid) {
+			t.Errorf("pid %d alive after herd stopped", pid)
+		}
+	}
+	if n := h.Count(`msg="worker stopped"`); n != 2 {
+		t.Errorf("%d workers reported stopped, want 2", n)
+	}
+}
+
+// workerPIDs returns the pids of every worker and of its grandchild.
+func workerPIDs(t *testing.T, url string, n int) []int {
+	t.Helper()
+	c := herdtest.NewClient(false)
+	defer c.CloseIdleConnections()
+	seen := map[int]herdtest.Reply{}
+	for i := 0; len(seen) < n && i < 400; i++ {
+		if r, err := herdtest.Get(c, url); err == nil {
+			seen[r.ID] = r
+		}
+	}
+	var pids []int
+	for _, r := range seen {
+		pids = append(pids, r.PID)
+		if r.Child != 0 {
+			pids = append(pids, r.Child)
+		}
+	}
+	if len(seen) < n {
+		t.Fatalf("heard from %d workers, want %d", len(seen), n)
+	}
+	return pids
+}
+
+func TestWorkerIgnoringSIGTERMIsKilledAtDeadline(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_IGNORE_TERM=1"}, argv("-w", "1", "--stop-timeout", "1s", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 1)
+	pids := workerPIDs(t, "http://"+h.Addr("listen0")+"/", 1)
+	start := time.Now()
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("herd stopped after %v, before the 1s stop timeout: the worker was not given its time", took)
+	}
+	if herdtest.Alive(pids[0]) {
+		t.Fatalf("worker %d alive after the deadline", pids[0])
+	}
+	h.WaitLog("worker did not stop in time", time.Second)
+}
+
+func TestSecondSIGINTKillsAtOnce(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_IGNORE_TERM=1"}, argv("-w", "1", "--stop-timeout", "1m", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 1)
+	h.Signal(syscall.SIGINT)
+	h.WaitLog("msg=stopping", 5*time.Second)
+	h.Signal(syscall.SIGINT)
+	// The stop timeout is a minute; only the second Ctrl-C ends it sooner.
+	if code := h.Wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func TestPrimaryKilledLeavesNoWorker(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_CHILD=1"}, argv("-w", "2", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 2)
+	pids := workerPIDs(t, "http://"+h.Addr("listen0")+"/", 2)
+	watchdog := childrenNamed(h.Cmd.Process.Pid, "herd-watchdog")
+	if len(watchdog) != 1 {
+		t.Fatalf("want one watchdog child, got %v", watchdog)
+	}
+	pids = append(pids, watchdog...)
+	h.Signal(syscall.SIGKILL)
+	h.Wait(5 * time.Second)
+	for _, pid := range pids {
+		// Required: gone within a second. The slack is for a loaded CI.
+		if !herdtest.Eventually(3*time.Second, func() bool { return !herdtest.Alive(pid) }) {
+			t.Errorf("pid %d outlived the primary", pid)
+		}
+	}
+}
+
+// childrenNamed lists the children of ppid whose argv[0] has base name.
+func childrenNamed(ppid int, name string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 || f[1] != strconv.Itoa(ppid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if filepath.Base(argv0) == name {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func TestBadInputGivesOneClearLine(t *testing.T) {
+	t.Parallel()
+	busy := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", worker("http"))...)
+	inUse := busy.Addr("listen0")
+	notExec := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	cases := []struct {
+		name string
+		args []string
+		want string
+		code int
+	}{
+		{"unknown flag", []string{"run", "--nosuch", "--", "true"}, "unknown flag: --nosuch", 2},
+		{"zero workers", []string{"run", "-w", "0", "--", "true"}, "--workers must be at least 1", 2},
+		{"bad balance", []string{"run", "--balance", "magic", "--", "true"}, "--balance must be reuseport or shared", 2},
+		{"bad signal", []string{"run", "--stop-signal", "SIGNOPE", "--", "true"}, `unknown signal "SIGNOPE"`, 2},
+		{"bad duration", []string{"run", "--stop-timeout", "soon", "--", "true"}, `invalid argument "soon"`, 2},
+		{"no command", []string{"run", "-l", "127.0.0.1:0"}, "missing worker command", 2},
+		{"malformed address", []string{"run", "-l", "localhost", "--", "true"}, `bad listen address "localhost": missing port in address`, 2},
+		{"port out of range", []string{"run", "-l", "127.0.0.1:99999", "--", "true"}, `port "99999" is not a number from 0 to 65535`, 2},
+		{"bad name", []string{"run", "-l", "a b=127.0.0.1:0", "--", "true"}, "may only use letters", 2},
+		{"duplicate name", []string{"run", "-l", "x=127.0.0.1:0", "-l", "x=127.0.0.1:0", "--", "true"}, `name "x" is used twice`, 2},
+		{"address in use", []string{"run", "-l", inUse, "--", "true"}, "listen tcp " + inUse + ": bind: address already in use", 1},
+		{"address in use, shared", []string{"run", "--balance", "shared", "-l", inUse, "--", "true"}, "bind: address already in use", 1},
+		{"address not local", []string{"run", "-l", "192.0.2.1:8080", "--", "true"}, "bind: cannot assign requested address", 1},
+		{"unix dir missing", []string{"run", "-l", "unix:/nonexistent/dir/s.sock", "--", "true"}, "listen unix /nonexistent/dir/s.sock: bind: no such file or directory", 1},
+		{"command not found", []string{"run", "--", "no-such-command-xyz"}, `cannot start worker command: exec: "no-such-command-xyz": executable file not found in $PATH`, 1},
+		{"command not executable", []string{"run", "--", notExec}, "permission denied", 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(os.Args[0], tc.args...)
+			cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1")
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			done := make(chan error, 1)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("herd %v hung", tc.args)
+			}
+			if got := cmd.ProcessState.ExitCode(); got != tc.code {
+				t.Errorf("exit code %d, want %d", got, tc.code)
+			}
+			lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "herd: ") || !strings.Contains(lines[0], tc.want) {
+				t.Errorf("stderr %q, want one line \"herd: ...%s...\"", stderr.String(), tc.want)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+func TestWorkerOutputIsTaggedAndKeptWhole(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", worker("print", "first", "long:200000", "stderr:oops", "partial:no newline"))...)
+	var pid int
+	herdtest.Eventually(10*time.Second, func() bool {
+		for _, l := range h.StdoutLines() {
+			if strings.HasSuffix(l, "| first") {
+				fmt.Sscanf(l, "w0 %d |", &pid)
+			}
+		}
+		return pid != 0 && len(h.StdoutLines()) >= 2
+	})
+	h.Signal(syscall.SIGTERM)
+	h.Wait(15 * time.Second)
+	prefix := fmt.Sprintf("w0 %d | ", pid)
+	want := []string{prefix + "first", prefix + strings.Repeat("x", 200000), prefix + "no newline"}
+	if got := h.StdoutLines(); !slices.Equal(got, want) {
+		t.Errorf("stdout has %d lines (lengths %v), want %d whole lines with prefix %q", len(got), lineLens(got), len(want), prefix)
+	}
+	if !strings.Contains(h.Stderr(), prefix+"oops") {
+		t.Errorf("worker stderr line missing from herd's stderr")
+	}
+}
+
+func lineLens(lines []string) []int {
+	var n []int
+	for _, l := range lines {
+		n = append(n, len(l))
+	}
+	return n
+}
+
+func TestJSONLogFormat(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", "--log-format", "json", worker("print", `say "hi"`))...)
+	herdtest.Eventually(10*time.Second, func() bool { return len(h.StdoutLines()) >= 1 })
+	h.Signal(syscall.SIGTERM)
+	h.Wait(15 * time.Second)
+	lines := h.StdoutLines()
+	if len(lines) != 1 {
+		t.Fatalf("stdout lines %q", lines)
+	}
+	var rec struct {
+		Time   string
+		Worker int
+		PID    int
+		Stream string
+		Line   string
+	}
+	if err := jsonUnmarshal(lines[0], &rec); err != nil {
+		t.Fatalf("stdout line %q is not JSON: %v", lines[0], err)
+	}
+	if rec.Worker != 0 || rec.PID == 0 || rec.Stream != "stdout" || rec.Line != `say "hi"` || rec.Time == "" {
+		t.Errorf("record %+v", rec)
+	}
+	for _, l := range strings.Split(h.Stderr(), "\n") {
+		if l != "" && jsonUnmarshal(l, &map[string]any{}) != nil {
+			t.Errorf("herd's own log line %q is not JSON", l)
+		}
+	}
+}
+
+func TestExampleWorkersInPythonAndNode(t *testing.T) {
+	t.Parallel()
+	root, _ := filepath.Abs("../..")
+	for _, tc := range []struct{ bin, file string }{
+		{"python3", "examples/python/hello.py"},
+		{"node", "examples/node/hello.js"},
+	} {
+		t.Run(tc.bin, func(t *testing.T) {
+			t.Parallel()
+			if _, err := exec.LookPath(tc.bin); err != nil {
+				t.Skipf("%s is not installed: skipping the %s example", tc.bin, tc.bin)
+			}
+			h := startHerd(t, nil, "-w", "2", "-l", "127.0.0.1:0", "--", tc.bin, filepath.Join(root, tc.file))
+			waitServing(t, h, 2)
+			url := "http://" + h.Addr("listen0") + "/"
+			var seen map[int]int
+			herdtest.Eventually(10*time.Second, func() bool {
+				seen = map[int]int{}
+				c := herdtest.NewClient(false)
+				defer c.CloseIdleConnections()
+				for range 40 {
+					if r, err := herdtest.Get(c, url); err == nil {
+						seen[r.ID] = r.PID
+					}
+				}
+				return len(seen) == 2
+			})
+			if len(seen) != 2 {
+				t.Fatalf("%s example: replies from workers %v, want 0 and 1", tc.bin, seen)
+			}
+			h.Signal(syscall.SIGTERM)
+			if code := h.Wait(15 * time.Second); code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+		})
+	}
+}
+
+// As PID 1 (in a new PID namespace), herd reaps the orphans it inherits.
+func TestPID1ReapsOrphans(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
+		t.Skip("needs Linux and root to make a PID namespace")
+	}
+	if err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "true").Run(); err != nil {
+		t.Skipf("cannot make a PID namespace here: %v", err)
+	}
+	h := herdtest.Start(t, []string{"HERD_TEST_AS_CLI=1"},
+		argv("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "run", "-w", "1", worker("orphans"))...)
+	herdtest.Eventually(10*time.Second, func() bool { return strings.Contains(h.Stdout(), "orphans made") })
+	var herdPID int
+	herdtest.Eventually(5*time.Second, func() bool {
+		kids := childrenNamed(h.Cmd.Process.Pid, filepath.Base(os.Args[0]))
+		if len(kids) == 1 {
+			herdPID = kids[0]
+		}
+		return herdPID != 0
+	})
+	if herdPID == 0 {
+		t.Fatal("cannot find herd inside the namespace")
+	}
+	// The orphans (sleep 0.2) exit soon; as zombies they are herd's.
+	time.Sleep(time.Second)
+	if z := zombieChildren(herdPID); len(z) > 0 {
+		t.Fatalf("herd as PID 1 left zombies %v", z)
+	}
+	// unshare ignores SIGTERM while it waits; herd is the one to stop.
+	syscall.Kill(herdPID, syscall.SIGTERM)
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func zombieChildren(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

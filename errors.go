@@ -1,0 +1,16 @@
+package herd
+
+import "errors"
+
+var (
+	// ErrCannotStart means the worker command could not be run at all (not
+	// found, not executable). Retrying would not help, so the cluster stops.
+	ErrCannotStart = errors.New("cannot start worker command")
+	// ErrCrashLoop means a slot restarted more often than
+	// Restart.MaxRestarts allows within Restart.Window.
+	ErrCrashLoop = errors.New("worker restarted too often")
+	// ErrRunning is returned by a second call of Run.
+	ErrRunning = errors.New("supervisor already ran")
+	// ErrBadOptions is wrapped by every validation error of New.
+	ErrBadOptions = errors.New("invalid options")
+)

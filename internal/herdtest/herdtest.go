@@ -1,0 +1,265 @@
+// Package herdtest has helpers for tests that run a real herd primary as
+// a child process and talk to its workers over loopback.
+package herdtest
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Proc is a running primary.
+type Proc struct {
+	t    testing.TB
+	Cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  []string // stdout lines
+	errs []string // stderr lines
+	done chan struct{}
+	pump sync.WaitGroup
+}
+
+// Start runs argv (a herd primary) with extra environment, collecting its
+// output. The primary is killed at the end of the test if still running.
+func Start(t testing.TB, env []string, argv ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start herd: %v", err)
+	}
+	p := &Proc{t: t, Cmd: cmd, done: make(chan struct{})}
+	p.pump.Go(func() { p.collect(stdout, &p.out) })
+	p.pump.Go(func() { p.collect(stderr, &p.errs) })
+	go func() {
+		p.pump.Wait()
+		cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("herd stdout:\n%s\nherd stderr:\n%s", p.Stdout(), p.Stderr())
+		}
+	})
+	return p
+}
+
+func (p *Proc) collect(r io.Reader, dst *[]string) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			p.mu.Lock()
+			*dst = append(*dst, strings.TrimSuffix(line, "\n"))
+			p.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Stdout returns the primary's stdout so far.
+func (p *Proc) Stdout() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.out, "\n")
+}
+
+// Stderr returns the primary's stderr so far.
+func (p *Proc) Stderr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.errs, "\n")
+}
+
+// StdoutLines returns the primary's stdout lines so far.
+func (p *Proc) StdoutLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.out...)
+}
+
+// Count counts stderr lines that contain substr.
+func (p *Proc) Count(substr string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.errs {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitLog waits until a stderr line contains substr and returns it.
+func (p *Proc) WaitLog(substr string, timeout time.Duration) string {
+	p.t.Helper()
+	var line string
+	ok := Eventually(timeout, func() bool {
+		exited := p.Exited() // before reading: an exited primary has written all
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, l := range p.errs {
+			if strings.Contains(l, substr) {
+				line = l
+				return true
+			}
+		}
+		return exited
+	})
+	if !ok || line == "" {
+		p.t.Fatalf("herd did not log %q within %v (exited: %v)", substr, timeout, p.Exited())
+	}
+	return line
+}
+
+var addrRE = regexp.MustCompile(`msg=listening name=(\S+) addr=(\S+)`)
+
+// Addr returns the bound address of listener name, from the primary's log.
+func (p *Proc) Addr(name string) string {
+	p.t.Helper()
+	line := p.WaitLog("msg=listening name="+name+" ", 10*time.Second)
+	m := addrRE.FindStringSubmatch(line)
+	if m == nil {
+		p.t.Fatalf("cannot parse listening line %q", line)
+	}
+	return m[2]
+}
+
+// Signal sends sig to the primary.
+func (p *Proc) Signal(sig os.Signal) {
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("signal herd: %v", err)
+	}
+}
+
+// Wait waits for the primary to exit and returns its exit code.
+func (p *Proc) Wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("herd did not exit within %v", timeout)
+	}
+	return p.Cmd.ProcessState.ExitCode()
+}
+
+// Exited reports whether the primary has exited.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Done is closed when the primary has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Eventually polls cond every 10ms until it holds or timeout passes.
+func Eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Reply is what the test http worker answers.
+type Reply struct {
+	ID, PID, Child int
+	FDs            int
+	Names          string
+}
+
+var replyRE = regexp.MustCompile(`id=(\d+) pid=(\d+) child=(\d+) fds=(\d+) names=(\S*)`)
+
+// ParseReply parses a test worker's answer (or the examples' "hello from
+// worker N pid P").
+func ParseReply(body string) (Reply, error) {
+	if m := replyRE.FindStringSubmatch(body); m != nil {
+		var r Reply
+		r.ID, _ = strconv.Atoi(m[1])
+		r.PID, _ = strconv.Atoi(m[2])
+		r.Child, _ = strconv.Atoi(m[3])
+		r.FDs, _ = strconv.Atoi(m[4])
+		r.Names = m[5]
+		return r, nil
+	}
+	var r Reply
+	if _, err := fmt.Sscanf(body, "hello from worker %d pid %d", &r.ID, &r.PID); err == nil {
+		return r, nil
+	}
+	return Reply{}, fmt.Errorf("unexpected reply %q", body)
+}
+
+// NewClient returns an HTTP client that opens a new connection for every
+// request (so each request is a new accept) unless keepAlive.
+func NewClient(keepAlive bool) *http.Client {
+	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 64}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// Get fetches url and parses the worker's reply.
+func Get(c *http.Client, url string) (Reply, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return Reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return Reply{}, err
+	}
+	if resp.StatusCode != 200 {
+		return Reply{}, fmt.Errorf("status %s", resp.Status)
+	}
+	return ParseReply(string(b))
+}
+
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}

@@ -1,0 +1,5 @@
+//go:build unix && !linux
+
+package reexec
+
+func closeFrom(first int) { closeFromSlow(first) }

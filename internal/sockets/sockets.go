@@ -1,0 +1,230 @@
+package sockets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Mode says how the sockets of one listener are shared by worker slots.
+type Mode int
+
+const (
+	// Shared gives every slot the same listening socket; whichever worker
+	// accepts first wins the connection.
+	Shared Mode = iota
+	// Reuseport opens one SO_REUSEPORT socket per slot on the same address,
+	// so that the kernel spreads new connections across slots.
+	Reuseport
+)
+
+// ErrUnsupported is returned for a feature this platform lacks.
+var ErrUnsupported = errors.New("not supported on this platform")
+
+// Group is every socket the primary holds for one listener spec.
+type Group struct {
+	Spec Spec
+	// Addr is the bound address, with the port resolved when 0 was asked.
+	Addr net.Addr
+	// files holds one socket per slot in reuseport mode, else one socket.
+	files []*os.File
+	// unixIno identifies the socket file we created, so Close removes it
+	// only if it is still ours.
+	unixIno uint64
+}
+
+// Set is every listening socket of a cluster. The primary opens it before
+// any worker starts and closes it after the last worker has exited.
+type Set struct {
+	Groups []*Group
+	mode   Mode
+	slots  int
+}
+
+// Open opens every listener for slots worker slots. On error nothing is
+// left open and the error names the address.
+func Open(specs []Spec, mode Mode, slots int) (*Set, error) {
+	if mode == Reuseport && !reuseportSupported {
+		return nil, fmt.Errorf("--balance reuseport: %w (SO_REUSEPORT balancing needs Linux); use --balance shared", ErrUnsupported)
+	}
+	s := &Set{mode: mode, slots: slots}
+	for _, spec := range specs {
+		g, err := openGroup(spec, mode, slots)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("listener %s: %w", spec.Name, err)
+		}
+		s.Groups = append(s.Groups, g)
+	}
+	return s, nil
+}
+
+func openGroup(spec Spec, mode Mode, slots int) (*Group, error) {
+	g := &Group{Spec: spec}
+	if spec.Network == "unix" {
+		f, ino, addr, err := openUnix(spec.Address)
+		if err != nil {
+			return nil, err
+		}
+		g.files, g.unixIno, g.Addr = []*os.File{f}, ino, addr
+		return g, nil
+	}
+	n := 1
+	if mode == Reuseport {
+		n = slots
+		// Sockets with SO_REUSEPORT silently join a group another process
+		// of this user already holds on the port; bind once without it
+		// first so that an address in use is an error, as in shared mode.
+		if _, port, _ := net.SplitHostPort(spec.Address); port != "0" {
+			if err := probeFree(spec.Address); err != nil {
+				return nil, err
+			}
+		}
+	}
+	address := spec.Address
+	for i := 0; i < n; i++ {
+		f, addr, err := listenTCP(address, mode == Reuseport)
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		g.files = append(g.files, f)
+		if i == 0 {
+			g.Addr = addr
+			// Later sockets of the group must bind the port the first got.
+			host, _, _ := net.SplitHostPort(spec.Address)
+			address = net.JoinHostPort(host, strconv.Itoa(addr.(*net.TCPAddr).Port))
+		}
+	}
+	return g, nil
+}
+
+// listenTCP opens a listening socket and returns it as a file; the
+// net.Listener used to make it is closed so that exactly one fd remains.
+func listenTCP(address string, reuseport bool) (*os.File, net.Addr, error) {
+	lc := net.ListenConfig{}
+	// Go listens with MPTCP by default where the kernel has it; such
+	// sockets take no reuseport BPF program, and workers expect plain TCP.
+	lc.SetMultipathTCP(false)
+	if reuseport {
+		lc.Control = setReuseport
+	}
+	l, err := lc.Listen(context.Background(), "tcp", address)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen tcp %s: %w", address, err)
+	}
+	return f, l.Addr(), nil
+}
+
+func openUnix(path string) (*os.File, uint64, net.Addr, error) {
+	abstract := path[0] == '@'
+	if !abstract {
+		if err := clearStaleUnix(path); err != nil {
+			return nil, 0, nil, err
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	ul := l.(*net.UnixListener)
+	// The file stays bound after this listener is closed; Set.Close
+	// removes it at the end of the run.
+	ul.SetUnlinkOnClose(false)
+	defer ul.Close()
+	f, err := ul.File()
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("listen unix %s: %w", path, err)
+	}
+	var ino uint64
+	if !abstract {
+		if fi, err := os.Lstat(path); err == nil {
+			ino = inode(fi)
+		}
+	}
+	return f, ino, ul.Addr(), nil
+}
+
+// clearStaleUnix removes a socket file left by a process that is gone, and
+// refuses to touch a live socket or a file that is not a socket.
+func clearStaleUnix(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen unix %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("listen unix %s: a file that is not a socket is in the way", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("listen unix %s: address already in use (a live process listens there)", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("listen unix %s: checking the existing socket: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("listen unix %s: removing stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// Files returns the sockets a worker in slot gets, in LISTEN_FDS order,
+// and their names for LISTEN_FDNAMES.
+func (s *Set) Files(slot int) ([]*os.File, []string) {
+	files := make([]*os.File, 0, len(s.Groups))
+	names := make([]string, 0, len(s.Groups))
+	for _, g := range s.Groups {
+		files = append(files, g.file(slot))
+		names = append(names, g.Spec.Name)
+	}
+	return files, names
+}
+
+func (g *Group) file(slot int) *os.File {
+	if len(g.files) == 1 {
+		return g.files[0]
+	}
+	return g.files[slot%len(g.files)]
+}
+
+// Sockets reports how many sockets the primary holds for this listener.
+func (g *Group) Sockets() int { return len(g.files) }
+
+// Close closes every socket and removes the Unix socket files it created.
+func (s *Set) Close() error {
+	var errs []error
+	for _, g := range s.Groups {
+		errs = append(errs, g.close())
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Group) close() error {
+	var errs []error
+	for _, f := range g.files {
+		errs = append(errs, f.Close())
+	}
+	g.files = nil
+	if g.Spec.Network == "unix" && g.unixIno != 0 {
+		if fi, err := os.Lstat(g.Spec.Address); err == nil && inode(fi) == g.unixIno {
+			if err := os.Remove(g.Spec.Address); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,217 @@
+package herd
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-sh/herd/internal/reexec"
+)
+
+// process is one worker process: the leader of its own process group.
+type process struct {
+	cmd     *exec.Cmd
+	pid     int
+	started time.Time
+
+	// execDone receives one value: nil once the worker command runs, or
+	// the reason it could not be exec'ed.
+	execDone chan error
+	// exited receives one value when the process has been reaped and its
+	// output drained.
+	exited chan *os.ProcessState
+
+	// draining makes the waiter give the rest of the group time to finish
+	// after the leader exits, until killed closes.
+	draining atomic.Bool
+	killOnce sync.Once
+	killed   chan struct{}
+
+	mu     sync.Mutex
+	reaped bool // after this the pgid may belong to someone else
+}
+
+// signalGroup sends sig to the worker's whole process group, unless the
+// leader has been reaped (its pgid could then be reused).
+func (p *process) signalGroup(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return nil
+	}
+	return killGroup(p.pid, sig)
+}
+
+// kill kills the whole group now.
+func (p *process) kill() {
+	p.killOnce.Do(func() { close(p.killed) })
+	p.signalGroup(sigKill)
+}
+
+// workerEnv builds a worker's environment: base without any inherited
+// socket-activation or herd variables, plus this slot's.
+func workerEnv(base []string, slot, workers int, names []string) []string {
+	env := make([]string, 0, len(base)+5)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "HERD_WORKER_ID", "HERD_WORKERS":
+			continue
+		}
+		env = append(env, kv)
+	}
+	if len(names) > 0 {
+		// LISTEN_PID is set by the exec trampoline, in the worker itself.
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+	}
+	return append(env, "HERD_WORKER_ID="+strconv.Itoa(slot), "HERD_WORKERS="+strconv.Itoa(workers))
+}
+
+// startProcess starts a worker for slot through the exec trampoline.
+func (s *Supervisor) startProcess(slot int) (*process, error) {
+	files, names := s.sockets.Files(slot)
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start worker %d: %w", slot, err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		closeAll(statusR, statusW)
+		return nil, fmt.Errorf("start worker %d: %w", slot, err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		closeAll(statusR, statusW, outR, outW)
+		return nil, fmt.Errorf("start worker %d: %w", slot, err)
+	}
+	extra := append(files[:len(files):len(files)], statusW)
+	base := s.opts.Env
+	if base == nil {
+		base = os.Environ()
+	}
+	env := workerEnv(base, slot, s.opts.Workers, names)
+	cmd, err := reexec.Command(s.path, s.opts.Command, env, 3+len(extra)-1)
+	if err != nil {
+		closeAll(statusR, statusW, outR, outW, errR, errW)
+		return nil, err
+	}
+	cmd.Dir = s.opts.Dir
+	cmd.Stdout, cmd.Stderr = outW, errW
+	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = workerAttr()
+
+	s.ownMu.Lock()
+	err = s.spawner.start(cmd)
+	if err == nil {
+		s.own[cmd.Process.Pid] = true
+	}
+	s.ownMu.Unlock()
+	closeAll(statusW, outW, errW) // the child has its own copies
+	if err != nil {
+		closeAll(statusR, outR, errR)
+		return nil, fmt.Errorf("start worker %d: %w", slot, err)
+	}
+	p := &process{
+		cmd:      cmd,
+		pid:      cmd.Process.Pid,
+		started:  time.Now(),
+		execDone: make(chan error, 1),
+		exited:   make(chan *os.ProcessState, 1),
+		killed:   make(chan struct{}),
+	}
+	if s.watchdog != nil {
+		if err := s.watchdog.Watch(p.pid); err != nil {
+			s.log.Warn("the watchdog is gone; workers of a killed primary rely on the parent-death signal alone", "err", err)
+		}
+	}
+	// The waiter is owned by the slot, which always receives from exited
+	// before it ends.
+	go s.waitProcess(p, slot, statusR, outR, errR)
+	return p, nil
+}
+
+// waitProcess reports the exec status, waits for the leader to exit,
+// deals with the rest of its group, reaps it and drains its output.
+func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.File) {
+	var pumps sync.WaitGroup
+	pumps.Go(func() { s.stdout.Pump(outR, slot, p.pid) })
+	pumps.Go(func() { s.stderr.Pump(errR, slot, p.pid) })
+
+	p.execDone <- reexec.ReadExecStatus(statusR)
+	statusR.Close()
+
+	// Where it can, the waiter sees the leader exit before reaping it: the
+	// zombie keeps its pgid from being reused while the rest of the group
+	// is dealt with.
+	settled := waitLeaderExit(p.pid) == nil
+	if settled {
+		s.settleGroup(p)
+	}
+	p.mu.Lock()
+	p.cmd.Wait() // the status is in ProcessState either way
+	p.reaped = true
+	p.mu.Unlock()
+	if !settled {
+		killGroup(p.pid, sigKill) // what the leader left behind
+	}
+	s.ownMu.Lock()
+	delete(s.own, p.pid)
+	s.ownMu.Unlock()
+	if s.watchdog != nil {
+		s.watchdog.Unwatch(p.pid)
+	}
+
+	// Output still buffered in the pipes is read to the end; a descendant
+	// that escaped the group could hold them open forever, so the read
+	// stops after a grace period.
+	deadline := time.Now().Add(time.Second)
+	outR.SetReadDeadline(deadline)
+	errR.SetReadDeadline(deadline)
+	pumps.Wait()
+	closeAll(outR, errR)
+	p.exited <- p.cmd.ProcessState
+}
+
+// settleGroup runs once the leader has exited. During a stop the rest of
+// the group keeps its grace period (a shell's children, npm's node) until
+// it is empty or the slot kills it at the deadline; otherwise whatever the
+// worker left behind dies with it.
+func (s *Supervisor) settleGroup(p *process) {
+	if !p.draining.Load() {
+		killGroup(p.pid, sigKill)
+		return
+	}
+	// No kernel event says a process group became empty, so look.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for groupAlive(p.pid) {
+		select {
+		case <-p.killed:
+			killGroup(p.pid, sigKill)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// describeExit renders a process's end for logs and WorkerInfo.
+func describeExit(st *os.ProcessState) string {
+	if st == nil {
+		return "unknown"
+	}
+	return st.String()
+}
+
+var errNoWaitid = errors.New("waitid WNOWAIT not available")

@@ -1,0 +1,34 @@
+//go:build unix && !linux
+
+package herd
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"syscall"
+)
+
+var sigKill = syscall.SIGKILL
+
+// workerAttr puts each worker in a process group of its own. There is no
+// parent-death signal here; the watchdog process covers a killed primary.
+func workerAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
+
+type spawner struct{}
+
+func newSpawner() *spawner                    { return &spawner{} }
+func (sp *spawner) start(cmd *exec.Cmd) error { return cmd.Start() }
+func (sp *spawner) close()                    {}
+
+func killGroup(pgid int, sig os.Signal) error {
+	return syscall.Kill(-pgid, sig.(syscall.Signal))
+}
+
+func groupAlive(pgid int) bool {
+	return !errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
+}
+
+// waitLeaderExit is unavailable: the process is reaped first and the rest
+// of its group killed right after.
+func waitLeaderExit(pid int) error { return errNoWaitid }
