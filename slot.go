@@ -106,7 +106,9 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			execDone = nil
 			if err != nil {
 				execErr = err
-				sl.log.Error("cannot run worker command", "pid", p.pid, "err", err)
+				if everRan {
+					sl.log.Error("cannot run worker command", "pid", p.pid, "err", err)
+				}
 				break
 			}
 			everRan = true
@@ -135,14 +137,19 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			})
 			pid := p.pid
 			p = nil
+			if execErr != nil && !everRan {
+				// Reported once, by the error Run returns; there is no
+				// worker exit to speak of.
+				if stopping {
+					return nil
+				}
+				return fmt.Errorf("worker %d: %w: %w", sl.id, ErrCannotStart, execErr)
+			}
 			if stopping {
 				sl.log.Info("worker stopped", "pid", pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
 				return nil
 			}
 			sl.log.Warn("worker exited", "pid", pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
-			if execErr != nil && !everRan {
-				return fmt.Errorf("worker %d: %w: %w", sl.id, ErrCannotStart, execErr)
-			}
 			if !sl.limit.Allow(time.Now()) {
 				r := sl.sup.opts.Restart
 				return fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",

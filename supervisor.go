@@ -209,8 +209,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case err := <-results:
 			remaining--
 			if err != nil && first == nil {
+				// The caller reports err; logging it too would say it twice.
 				first = err
-				s.log.Error("stopping the cluster", "err", err)
 				stopAll()
 			}
 		}

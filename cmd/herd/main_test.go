@@ -435,6 +435,8 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 	inUse := busy.Addr("listen0")
 	notExec := filepath.Join(t.TempDir(), "script")
 	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	badFormat := filepath.Join(t.TempDir(), "garbage")
+	os.WriteFile(badFormat, []byte("\x7fELF not really"), 0o755)
 	cases := []struct {
 		name string
 		args []string
@@ -457,6 +459,7 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 		{"unix dir missing", []string{"run", "-l", "unix:/nonexistent/dir/s.sock", "--", "true"}, "listen unix /nonexistent/dir/s.sock: bind: no such file or directory", 1},
 		{"command not found", []string{"run", "--", "no-such-command-xyz"}, `cannot start worker command: exec: "no-such-command-xyz": executable file not found in $PATH`, 1},
 		{"command not executable", []string{"run", "--", notExec}, "permission denied", 1},
+		{"command cannot be exec'ed", []string{"run", "-w", "3", "--", badFormat}, "cannot start worker command: exec " + badFormat + ": exec format error", 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -480,9 +483,15 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 			if got := cmd.ProcessState.ExitCode(); got != tc.code {
 				t.Errorf("exit code %d, want %d", got, tc.code)
 			}
+			// herd's own log may come before (a cluster that started);
+			// the error is said once, on the last line.
 			lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
-			if len(lines) != 1 || !strings.HasPrefix(lines[0], "herd: ") || !strings.Contains(lines[0], tc.want) {
-				t.Errorf("stderr %q, want one line \"herd: ...%s...\"", stderr.String(), tc.want)
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "herd: ") || !strings.Contains(last, tc.want) || strings.Count(stderr.String(), tc.want) != 1 {
+				t.Errorf("stderr %q, want the error once, as a last line \"herd: ...%s...\"", stderr.String(), tc.want)
+			}
+			if tc.code == 2 && len(lines) != 1 {
+				t.Errorf("a usage error must be a single line, got %q", stderr.String())
 			}
 			if stdout.Len() != 0 {
 				t.Errorf("stdout %q, want nothing", stdout.String())

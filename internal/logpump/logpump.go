@@ -90,9 +90,12 @@ func (s *Sink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (s *Sink) enqueue(b []byte) bool {
+func (s *Sink) enqueue(b []byte) bool { return s.put(b, false) }
+
+// put queues b; force skips the byte bound (for one notice per stream).
+func (s *Sink) put(b []byte, force bool) bool {
 	s.mu.Lock()
-	if s.closed || s.queued+len(b) > s.maxBytes {
+	if s.closed || (!force && s.queued+len(b) > s.maxBytes) {
 		s.mu.Unlock()
 		return false
 	}
@@ -162,20 +165,22 @@ func (s *Sink) Pump(r io.Reader, worker, pid int) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var long []byte // a line longer than the reader's buffer, so far
 	dropped := 0
-	// flushNotice says how many lines were lost, once there is room again.
-	flushNotice := func() bool {
+	// flushNotice says how many lines were lost, once there is room again
+	// (or at the end of the stream, room or not: the count must not be
+	// lost, and it is one short line).
+	flushNotice := func(force bool) bool {
 		if dropped == 0 {
 			return true
 		}
 		notice := fmt.Sprintf("herd: dropped %d lines of this worker's output: it was not read fast enough", dropped)
-		if !s.enqueue(s.format1(worker, pid, []byte(notice))) {
+		if !s.put(s.format1(worker, pid, []byte(notice)), force) {
 			return false
 		}
 		dropped = 0
 		return true
 	}
 	emit := func(line []byte) {
-		if !flushNotice() || !s.enqueue(s.format1(worker, pid, line)) {
+		if !flushNotice(false) || !s.enqueue(s.format1(worker, pid, line)) {
 			dropped++
 		}
 	}
@@ -200,7 +205,7 @@ func (s *Sink) Pump(r io.Reader, worker, pid int) {
 			if rest := append(long, chunk...); len(rest) > 0 {
 				emit(rest)
 			}
-			flushNotice()
+			flushNotice(true)
 			return
 		}
 	}

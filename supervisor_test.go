@@ -1,0 +1,226 @@
+package herd_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/herdtest"
+	"github.com/herd-sh/herd/internal/testworker"
+)
+
+func TestMain(m *testing.M) {
+	testworker.Main()
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0") // race-built workers exit at once
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// start runs a supervisor in the background; the returned function stops
+// it and returns Run's error.
+func start(t *testing.T, opts herd.Options) (*herd.Supervisor, func() error) {
+	t.Helper()
+	if opts.Stdout == nil {
+		opts.Stdout = io.Discard
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = io.Discard
+	}
+	s, err := herd.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	var runErr error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return after its context ended")
+			}
+		}
+		return runErr
+	}
+	t.Cleanup(func() { stop() })
+	return s, stop
+}
+
+func waitState(t *testing.T, s *herd.Supervisor, want herd.WorkerState) []herd.WorkerInfo {
+	t.Helper()
+	var ws []herd.WorkerInfo
+	ok := herdtest.Eventually(15*time.Second, func() bool {
+		ws = s.Workers()
+		for _, w := range ws {
+			if w.State != want || w.PID == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("workers not all %v: %+v", want, ws)
+	}
+	return ws
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count fds: %v", err)
+	}
+	return len(ents)
+}
+
+// Restarts must give back every fd they take: pipes, pidfds, sockets.
+func TestNoFDLeakAcrossRestarts(t *testing.T) {
+	before := openFDs(t)
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("http"),
+		Workers: 2,
+		Listen:  []string{"127.0.0.1:0"},
+	})
+	waitState(t, s, herd.StateReady)
+	during := openFDs(t)
+	for round := range 5 {
+		ws := waitState(t, s, herd.StateReady)
+		for _, w := range ws {
+			syscall.Kill(w.PID, syscall.SIGKILL)
+		}
+		herdtest.Eventually(10*time.Second, func() bool {
+			now := s.Workers()
+			return now[0].Restarts > round && now[1].Restarts > round
+		})
+	}
+	waitState(t, s, herd.StateReady)
+	if n := openFDs(t); n != during {
+		t.Errorf("fds after 10 restarts: %d, with the first workers: %d", n, during)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := openFDs(t); n != before {
+		t.Errorf("fds after Run returned: %d, before New: %d", n, before)
+	}
+}
+
+func TestWorkersReportIDsStatesAndRestarts(t *testing.T) {
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("http"),
+		Workers: 3,
+		Listen:  []string{"web=127.0.0.1:0"},
+	})
+	ws := waitState(t, s, herd.StateReady)
+	for i, w := range ws {
+		if w.ID != i || w.Started.IsZero() || w.Restarts != 0 || w.LastExit != "" {
+			t.Errorf("worker %d: %+v", i, w)
+		}
+	}
+	syscall.Kill(ws[2].PID, syscall.SIGKILL)
+	var w2 herd.WorkerInfo
+	herdtest.Eventually(10*time.Second, func() bool {
+		w2 = s.Workers()[2]
+		return w2.Restarts == 1 && w2.State == herd.StateReady
+	})
+	if w2.Restarts != 1 || w2.PID == ws[2].PID || w2.LastExit != "signal: killed" {
+		t.Fatalf("slot 2 after kill -9: %+v", w2)
+	}
+	ls := s.Listeners()
+	if len(ls) != 1 || ls[0].Name != "web" || ls[0].Sockets != 3 {
+		t.Fatalf("listeners %+v", ls)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range s.Workers() {
+		if w.State != herd.StateExited || w.PID != 0 {
+			t.Errorf("after stop: %+v", w)
+		}
+	}
+	// The sockets are given back when Run returns.
+	if c, err := net.DialTimeout("tcp", ls[0].Addr.String(), time.Second); err == nil {
+		c.Close()
+		t.Error("listener still accepts after Run returned")
+	}
+}
+
+func TestRunErrorsCanBeToldApart(t *testing.T) {
+	s, err := herd.New(herd.Options{
+		Command: testworker.Command("exit", "1"),
+		Workers: 1,
+		Restart: herd.RestartPolicy{MaxRestarts: 2, BackoffInitial: time.Millisecond},
+		Stdout:  io.Discard,
+		Stderr:  io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Run(context.Background()) // ends by itself
+	if !errors.Is(err, herd.ErrCrashLoop) {
+		t.Fatalf("Run: %v, want ErrCrashLoop", err)
+	}
+
+	_, err = herd.New(herd.Options{Command: []string{"/no/such/binary"}})
+	if !errors.Is(err, herd.ErrCannotStart) {
+		t.Fatalf("New with a missing command: %v, want ErrCannotStart", err)
+	}
+	_, err = herd.New(herd.Options{Command: []string{"true"}, Workers: -1})
+	if !errors.Is(err, herd.ErrBadOptions) {
+		t.Fatalf("New with -1 workers: %v, want ErrBadOptions", err)
+	}
+	_, err = herd.New(herd.Options{Command: []string{"true"}, Listen: []string{"nope"}})
+	if !errors.Is(err, herd.ErrBadOptions) || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("New with a bad address: %v, want ErrBadOptions naming it", err)
+	}
+}
+
+func TestKillEndsTheStopAtOnce(t *testing.T) {
+	s, stop := start(t, herd.Options{
+		Command:     testworker.Command("sleep"), // ignores SIGTERM
+		Workers:     2,
+		StopTimeout: time.Hour,
+	})
+	waitState(t, s, herd.StateReady)
+	s.Kill()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecondRunIsRefused(t *testing.T) {
+	s, stop := start(t, herd.Options{Command: testworker.Command("sleep"), Workers: 1, StopTimeout: time.Millisecond})
+	waitState(t, s, herd.StateReady)
+	if err := s.Run(context.Background()); !errors.Is(err, herd.ErrRunning) {
+		t.Fatalf("second Run: %v, want ErrRunning", err)
+	}
+	stop()
+}
+
+func TestCloseWithoutRunGivesBackSockets(t *testing.T) {
+	before := openFDs(t)
+	s, err := herd.New(herd.Options{Command: []string{"true"}, Workers: 4, Listen: []string{"127.0.0.1:0", "127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := openFDs(t); n != before {
+		t.Fatalf("fds %d after Close, %d before New", n, before)
+	}
+}
