@@ -656,3 +656,44 @@ func zombieChildren(ppid int) []int {
 	}
 	return out
 }
+
+// The primary never accepts; if its copies of the listening sockets were
+// in its epoll set, every connection would wake it (a share of a core
+// under load). Checked structurally, not by timing.
+func TestPrimaryDoesNotPollItsListeners(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc")
+	}
+	h := startHerd(t, nil, argv("-w", "2", "-l", "127.0.0.1:0", "-l", "unix:"+filepath.Join(t.TempDir(), "s"), worker("http"))...)
+	waitServing(t, h, 2)
+	pid := h.Cmd.Process.Pid
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(fdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockets := map[string]bool{} // fd number -> is a socket
+	var polls []string
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(fdDir, e.Name()))
+		switch {
+		case strings.HasPrefix(target, "socket:"):
+			sockets[e.Name()] = true
+		case target == "anon_inode:[eventpoll]":
+			polls = append(polls, e.Name())
+		}
+	}
+	if len(sockets) < 3 {
+		t.Fatalf("primary holds %d sockets, want at least 3 (2 reuseport + 1 unix)", len(sockets))
+	}
+	for _, ep := range polls {
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, ep))
+		for _, line := range strings.Split(string(info), "\n") {
+			var tfd string
+			if _, err := fmt.Sscanf(line, "tfd: %s", &tfd); err == nil && sockets[tfd] {
+				t.Errorf("listening socket fd %s is in the primary's epoll set", tfd)
+			}
+		}
+	}
+}

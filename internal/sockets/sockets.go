@@ -107,6 +107,7 @@ func openGroup(spec Spec, mode Mode, slots int) (*Group, error) {
 // listenTCP opens a listening socket and returns it as a file; the
 // net.Listener used to make it is closed so that exactly one fd remains.
 func listenTCP(address string, reuseport bool) (*os.File, net.Addr, error) {
+	const op = "listen tcp "
 	lc := net.ListenConfig{}
 	// Go listens with MPTCP by default where the kernel has it; such
 	// sockets take no reuseport BPF program, and workers expect plain TCP.
@@ -118,12 +119,12 @@ func listenTCP(address string, reuseport bool) (*os.File, net.Addr, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	defer l.Close()
-	f, err := l.(*net.TCPListener).File()
+	addr := l.Addr()
+	f, err := detach(l.(*net.TCPListener), op+address)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen tcp %s: %w", address, err)
+		return nil, nil, fmt.Errorf("%s%s: %w", op, address, err)
 	}
-	return f, l.Addr(), nil
+	return f, addr, nil
 }
 
 func openUnix(path string) (*os.File, uint64, net.Addr, error) {
@@ -141,8 +142,8 @@ func openUnix(path string) (*os.File, uint64, net.Addr, error) {
 	// The file stays bound after this listener is closed; Set.Close
 	// removes it at the end of the run.
 	ul.SetUnlinkOnClose(false)
-	defer ul.Close()
-	f, err := ul.File()
+	addr := ul.Addr()
+	f, err := detach(ul, "listen unix "+path)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("listen unix %s: %w", path, err)
 	}
@@ -152,7 +153,7 @@ func openUnix(path string) (*os.File, uint64, net.Addr, error) {
 			ino = inode(fi)
 		}
 	}
-	return f, ino, ul.Addr(), nil
+	return f, ino, addr, nil
 }
 
 // clearStaleUnix removes a socket file left by a process that is gone, and
