@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,8 +108,8 @@ func TestWorkersGetTheirSocketsAndIDs(t *testing.T) {
 		seen := map[int]bool{}
 		for _, r := range replies(t, "http://"+h.Addr(name)+"/", 60, 6) {
 			seen[r.ID] = true
-			if r.FDs != 2 || r.Names != "a:b" {
-				t.Errorf("worker %d got LISTEN_FDS=%d LISTEN_FDNAMES=%q, want 2 and a:b", r.ID, r.FDs, r.Names)
+			if r.FDs != 2 || r.Names != "a:b" || r.Workers != 3 {
+				t.Errorf("worker %d got LISTEN_FDS=%d LISTEN_FDNAMES=%q HERD_WORKERS=%d, want 2, a:b and 3", r.ID, r.FDs, r.Names, r.Workers)
 			}
 		}
 		for id := range 3 {
@@ -143,12 +146,14 @@ func TestUnixAndIPv6Listeners(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "app.sock")
 	h := startHerd(t, nil, argv("-w", "2", "-l", "unix:"+sock, "-l", "v6=[::1]:0", worker("http"))...)
 	waitServing(t, h, 2)
-	out, err := exec.Command("curl", "-s", "--max-time", "5", "--unix-socket", sock, "http://x/").Output()
-	if err != nil {
-		t.Fatalf("request over %s: %v", sock, err)
-	}
-	if r, err := herdtest.ParseReply(string(out)); err != nil || r.Names != "listen0:v6" {
-		t.Fatalf("unix reply %q (%v), want names listen0:v6", out, err)
+	unixClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	r, err := herdtest.Get(unixClient, "http://unix/")
+	if err != nil || r.Names != "listen0:v6" {
+		t.Fatalf("reply over %s: %+v, %v; want names listen0:v6", sock, r, err)
 	}
 	if addr := h.Addr("v6"); !strings.HasPrefix(addr, "[::1]:") {
 		t.Fatalf("v6 listener bound %s", addr)
@@ -363,6 +368,24 @@ func TestWorkerIgnoringSIGTERMIsKilledAtDeadline(t *testing.T) {
 		t.Fatalf("worker %d alive after the deadline", pids[0])
 	}
 	h.WaitLog("worker did not stop in time", time.Second)
+}
+
+func TestStopSignalIsConfigurable(t *testing.T) {
+	t.Parallel()
+	// The sleep worker ignores SIGTERM; SIGINT ends it. With a minute of
+	// stop timeout, only the configured signal stops it in time.
+	h := startHerd(t, nil, argv("-w", "2", "--stop-signal", "INT", "--stop-timeout", "1m", worker("sleep"))...)
+	waitServing(t, h, 2)
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if n := h.Count(`msg="worker stopped"`); n != 2 || h.Count(`status="signal: interrupt"`) != 2 {
+		t.Fatalf("want both workers stopped by SIGINT:\n%s", h.Stderr())
+	}
+	if !strings.Contains(h.Stderr(), "msg=stopping signal=SIGINT") {
+		t.Error("the stop signal is not named in the log")
+	}
 }
 
 func TestSecondSIGINTKillsAtOnce(t *testing.T) {

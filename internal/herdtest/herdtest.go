@@ -203,9 +203,10 @@ type Reply struct {
 	ID, PID, Child int
 	FDs            int
 	Names          string
+	Workers        int // HERD_WORKERS
 }
 
-var replyRE = regexp.MustCompile(`id=(\d+) pid=(\d+) child=(\d+) fds=(\d+) names=(\S*)`)
+var replyRE = regexp.MustCompile(`id=(\d+) pid=(\d+) child=(\d+) fds=(\d+) names=(\S*) workers=(\d+)`)
 
 // ParseReply parses a test worker's answer (or the examples' "hello from
 // worker N pid P").
@@ -217,6 +218,7 @@ func ParseReply(body string) (Reply, error) {
 		r.Child, _ = strconv.Atoi(m[3])
 		r.FDs, _ = strconv.Atoi(m[4])
 		r.Names = m[5]
+		r.Workers, _ = strconv.Atoi(m[6])
 		return r, nil
 	}
 	var r Reply

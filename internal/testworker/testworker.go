@@ -96,7 +96,7 @@ func serveHTTP() error {
 		child = c.Process.Pid
 	}
 	slow, _ := time.ParseDuration(os.Getenv("TEST_SLOW"))
-	body := fmt.Sprintf("id=%s pid=%d child=%d fds=%s names=%s\n", id, os.Getpid(), child, fds, names)
+	body := fmt.Sprintf("id=%s pid=%d child=%d fds=%s names=%s workers=%s\n", id, os.Getpid(), child, fds, names, os.Getenv("HERD_WORKERS"))
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if slow > 0 {
 			time.Sleep(slow)
