@@ -162,15 +162,10 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 				restartAt = time.After(delay)
 				break
 			}
-			if err := start(); err != nil {
-				return fmt.Errorf("worker %d: %w", sl.id, err)
-			}
+			restartAt = sl.restart(start)
 
 		case <-restartAt:
-			restartAt = nil
-			if err := start(); err != nil {
-				return fmt.Errorf("worker %d: %w", sl.id, err)
-			}
+			restartAt = sl.restart(start)
 
 		case <-deadline:
 			deadline = nil
@@ -178,6 +173,19 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			p.kill()
 		}
 	}
+}
+
+// restart starts the next worker. A failure to spawn (out of processes or
+// file descriptors) is usually passing, so it is retried after a backoff
+// delay rather than ending the cluster; the returned channel fires then.
+func (sl *slot) restart(start func() error) <-chan time.Time {
+	err := start()
+	if err == nil {
+		return nil
+	}
+	delay := max(sl.backoff.Next(0), sl.sup.opts.Restart.BackoffInitial)
+	sl.log.Error("cannot start worker", "err", err, "next_start_in", delay.Round(time.Millisecond).String())
+	return time.After(delay)
 }
 
 // drain asks p to stop: the stop signal to its whole process group.

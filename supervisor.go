@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -259,17 +258,4 @@ func (s *Supervisor) Close() error {
 	s.stdout.Close()
 	s.stderr.Close()
 	return err
-}
-
-// liveSlots is for tests: the slots new connections are steered to.
-func (s *Supervisor) liveSlots() []int {
-	s.steerMu.Lock()
-	defer s.steerMu.Unlock()
-	var ids []int
-	for i, l := range s.live {
-		if l {
-			ids = append(ids, i)
-		}
-	}
-	return slices.Clip(ids)
 }

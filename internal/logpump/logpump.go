@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -231,9 +230,4 @@ func (s *Sink) format1(worker, pid int, line []byte) []byte {
 	b = append(b, " | "...)
 	b = append(b, line...)
 	return append(b, '\n')
-}
-
-// Stdio returns sinks for the primary's stdout and stderr.
-func Stdio(format Format) (stdout, stderr *Sink) {
-	return NewSink(os.Stdout, format, "stdout", 0), NewSink(os.Stderr, format, "stderr", 0)
 }
