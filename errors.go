@@ -13,4 +13,10 @@ var (
 	ErrRunning = errors.New("supervisor already ran")
 	// ErrBadOptions is wrapped by every validation error of New.
 	ErrBadOptions = errors.New("invalid options")
+	// ErrNoWorker means a message was addressed to a slot that does not
+	// exist or has no running worker.
+	ErrNoWorker = errors.New("no such worker")
+	// ErrBadMessage means a message cannot be sent as it is: a reserved or
+	// empty type, data that is not JSON, or too long.
+	ErrBadMessage = errors.New("bad message")
 )

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/herd-sh/herd"
@@ -57,4 +58,75 @@ func ExampleOptions() {
 	defer sup.Close()
 	fmt.Println(len(sup.Workers()), "slots")
 	// Output: 3 slots
+}
+
+// Workers send the primary messages; OnEvent receives them with the rest of
+// each worker's life. Here a Go test worker sends three numbered messages
+// when it starts.
+func ExampleOptions_onEvent() {
+	got := make(chan string, 3)
+	sup, err := herd.New(herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: 1,
+		Env:     append(os.Environ(), "TEST_SEQ=3"),
+		Stdout:  io.Discard,
+		Stderr:  io.Discard,
+		OnEvent: func(ev herd.Event) {
+			if ev.Kind == herd.EventMessage {
+				got <- fmt.Sprintf("worker %d: %s %s", ev.Worker, ev.Message.Type, ev.Message.Data)
+			}
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	for range 3 {
+		fmt.Println(<-got)
+	}
+	cancel()
+	<-done
+	// Output:
+	// worker 0: seq 0
+	// worker 0: seq 1
+	// worker 0: seq 2
+}
+
+// The primary sends a worker a message; this test worker answers every
+// "ping" with a "pong" carrying the same data.
+func ExampleSupervisor_Send() {
+	pong := make(chan string, 1)
+	ready := make(chan struct{})
+	sup, err := herd.New(herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: 2,
+		Stdout:  io.Discard,
+		Stderr:  io.Discard,
+		OnEvent: func(ev herd.Event) {
+			switch {
+			case ev.Kind == herd.EventReady && ev.Worker == 1:
+				close(ready)
+			case ev.Kind == herd.EventMessage && ev.Message.Type == "pong":
+				pong <- fmt.Sprintf("worker %d answered %s", ev.Worker, ev.Message.Data)
+			}
+		},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	<-ready // a message needs a running worker to go to
+	if err := sup.Send(ctx, 1, "ping", map[string]int{"n": 42}); err != nil {
+		fmt.Println(err)
+	}
+	fmt.Println(<-pong)
+	cancel()
+	<-done
+	// Output: worker 1 answered {"n":42}
 }

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/herd-sh/herd/internal/ipc"
 )
 
 // Balance is how connections are spread over the workers.
@@ -34,7 +36,9 @@ func DefaultBalance() Balance {
 // Options configure a Supervisor. The zero value of every field is useful.
 type Options struct {
 	// Command is the worker program and its arguments, run without a
-	// shell. It is required.
+	// shell. Empty means this program again, with the arguments it was
+	// started with (a self-fork, like Node's cluster.fork()): the program
+	// tells the two roles apart with worker.IsWorker.
 	Command []string
 	// Env is the workers' environment; nil means the primary's own. herd
 	// adds LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, HERD_WORKER_ID and
@@ -65,6 +69,16 @@ type Options struct {
 	// Logger receives the supervisor's own messages; nil means a slog
 	// handler (text or JSON, after LogFormat) on Stderr.
 	Logger *slog.Logger
+	// MaxMessage is the longest message, in bytes, either side of a
+	// worker's channel may send; 0 means 1 MiB.
+	MaxMessage int
+	// OnEvent, if set, is called for every event of every worker: started,
+	// ready, message, exited, restart. It is called from several
+	// goroutines, but never concurrently for one worker, and one worker's
+	// events arrive in order. A handler that blocks holds up only that
+	// worker: while it handles a message the worker's channel is not read,
+	// so the worker's sends slow down instead of piling up in the primary.
+	OnEvent func(Event)
 }
 
 // RestartPolicy says when a slot whose worker exited unexpectedly starts
@@ -98,6 +112,9 @@ func (o Options) withDefaults() Options {
 	if o.StopTimeout == 0 {
 		o.StopTimeout = 10 * time.Second
 	}
+	if o.MaxMessage == 0 {
+		o.MaxMessage = ipc.DefaultMaxMessage
+	}
 	if o.StopSignal == 0 {
 		o.StopSignal = syscall.SIGTERM
 	}
@@ -122,8 +139,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: %s", ErrBadOptions, fmt.Sprintf(format, args...))
 	}
 	switch {
-	case len(o.Command) == 0 || o.Command[0] == "":
-		return bad("no worker command")
+	case len(o.Command) > 0 && o.Command[0] == "":
+		return bad("empty worker command")
 	case o.Workers < 1:
 		return bad("workers must be at least 1, got %d", o.Workers)
 	case o.Workers > 4096:
@@ -138,6 +155,8 @@ func (o Options) validate() error {
 		return bad("max restarts must not be negative")
 	case o.Restart.Window < 0:
 		return bad("restart window must not be negative")
+	case o.MaxMessage < 0 || o.MaxMessage > 1<<30:
+		return bad("message size limit must be between 0 and 1 GiB, got %d", o.MaxMessage)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-sh/herd/internal/channel"
 	"github.com/herd-sh/herd/internal/reexec"
 )
 
@@ -18,7 +19,26 @@ import (
 type process struct {
 	cmd     *exec.Cmd
 	pid     int
+	slot    int
 	started time.Time
+
+	// ch is the primary's end of the worker's message channel.
+	ch *channel.Conn
+	// gate is closed by the slot once it has reported the worker started;
+	// only then are the worker's messages read, so that handlers see a
+	// worker start before they see it speak.
+	gate chan struct{}
+	// readyMsg receives a value when the worker sends herd.ready.
+	readyMsg chan struct{}
+	// speaks is set once the worker said herd.hello: it is asked to stop
+	// with herd.shutdown instead of the stop signal.
+	speaks atomic.Bool
+	// lastBeat is when the worker last sent anything, in Unix nanoseconds.
+	lastBeat atomic.Int64
+	// eventMu keeps this worker's events from overlapping.
+	eventMu sync.Mutex
+	// bad rate-limits log lines about what the worker sends wrong.
+	bad logLimiter
 
 	// execDone receives one value: nil once the worker command runs, or
 	// the reason it could not be exec'ed.
@@ -61,7 +81,7 @@ func workerEnv(base []string, slot, workers int, names []string) []string {
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "HERD_WORKER_ID", "HERD_WORKERS":
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "HERD_WORKER_ID", "HERD_WORKERS", "HERD_IPC_FD":
 			continue
 		}
 		env = append(env, kv)
@@ -70,7 +90,11 @@ func workerEnv(base []string, slot, workers int, names []string) []string {
 		// LISTEN_PID is set by the exec trampoline, in the worker itself.
 		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
-	return append(env, "HERD_WORKER_ID="+strconv.Itoa(slot), "HERD_WORKERS="+strconv.Itoa(workers))
+	return append(env,
+		"HERD_WORKER_ID="+strconv.Itoa(slot),
+		"HERD_WORKERS="+strconv.Itoa(workers),
+		// The channel follows the sockets.
+		"HERD_IPC_FD="+strconv.Itoa(3+len(names)))
 }
 
 // startProcess starts a worker for slot through the exec trampoline.
@@ -90,15 +114,21 @@ func (s *Supervisor) startProcess(slot int) (*process, error) {
 		closeAll(statusR, statusW, outR, outW)
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
 	}
-	extra := append(files[:len(files):len(files)], statusW)
+	ch, ipcW, err := s.newChannel(slot)
+	if err != nil {
+		closeAll(statusR, statusW, outR, outW, errR, errW)
+		return nil, fmt.Errorf("start worker %d: %w", slot, err)
+	}
+	extra := append(files[:len(files):len(files)], ipcW, statusW)
 	base := s.opts.Env
 	if base == nil {
 		base = os.Environ()
 	}
 	env := workerEnv(base, slot, s.opts.Workers, names)
-	cmd, err := reexec.Command(s.path, s.opts.Command, env, 3+len(extra)-1)
+	cmd, err := reexec.Command(s.path, s.argv, env, 3+len(extra)-1)
 	if err != nil {
-		closeAll(statusR, statusW, outR, outW, errR, errW)
+		closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
+		ch.Close()
 		return nil, err
 	}
 	cmd.Dir = s.opts.Dir
@@ -112,15 +142,20 @@ func (s *Supervisor) startProcess(slot int) (*process, error) {
 		s.own[cmd.Process.Pid] = true
 	}
 	s.ownMu.Unlock()
-	closeAll(statusW, outW, errW) // the child has its own copies
+	closeAll(statusW, outW, errW, ipcW) // the child has its own copies
 	if err != nil {
 		closeAll(statusR, outR, errR)
+		ch.Close()
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
 	}
 	p := &process{
 		cmd:      cmd,
 		pid:      cmd.Process.Pid,
+		slot:     slot,
 		started:  time.Now(),
+		ch:       ch,
+		gate:     make(chan struct{}),
+		readyMsg: make(chan struct{}, 1),
 		execDone: make(chan error, 1),
 		exited:   make(chan *os.ProcessState, 1),
 		killed:   make(chan struct{}),
@@ -143,8 +178,25 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	pumps.Go(func() { s.stdout.Pump(outR, slot, p.pid) })
 	pumps.Go(func() { s.stderr.Pump(errR, slot, p.pid) })
 
-	p.execDone <- reexec.ReadExecStatus(statusR)
+	execErr := reexec.ReadExecStatus(statusR)
 	statusR.Close()
+	p.execDone <- execErr
+	reading := make(chan struct{})
+	if execErr == nil {
+		go func() {
+			defer close(reading)
+			select {
+			case <-p.gate:
+			case <-p.killed:
+				return
+			}
+			if err := p.ch.ReadLoop(nil, &primaryEnd{s, p}); err != nil && !p.draining.Load() {
+				s.log.Warn("channel", "worker", slot, "pid", p.pid, "err", err)
+			}
+		}()
+	} else {
+		close(reading)
+	}
 
 	// Where it can, the waiter sees the leader exit before reaping it: the
 	// zombie keeps its pgid from being reused while the rest of the group
@@ -167,13 +219,16 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 		s.watchdog.Unwatch(p.pid)
 	}
 
-	// Output still buffered in the pipes is read to the end; a descendant
-	// that escaped the group could hold them open forever, so the read
-	// stops after a grace period.
+	// Output and messages still buffered are read to the end; a descendant
+	// that escaped the group could hold the pipes or the channel open
+	// forever, so the reads stop after a grace period.
 	deadline := time.Now().Add(time.Second)
 	outR.SetReadDeadline(deadline)
 	errR.SetReadDeadline(deadline)
+	p.ch.SetReadDeadline(deadline)
 	pumps.Wait()
+	<-reading
+	p.ch.Close()
 	closeAll(outR, errR)
 	p.exited <- p.cmd.ProcessState
 }

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/herd-sh/herd/internal/ipc"
 	"github.com/herd-sh/herd/internal/restart"
 )
 
@@ -26,6 +28,12 @@ type slot struct {
 	backoff *restart.Backoff
 	limit   *restart.Limit
 
+	// current is the slot's worker process, for messages to it; nil while
+	// the slot has none.
+	current atomic.Pointer[process]
+	// restartReq asks the slot to replace its worker gracefully.
+	restartReq chan struct{}
+
 	mu   sync.Mutex
 	info WorkerInfo
 }
@@ -39,6 +47,8 @@ func newSlot(s *Supervisor, id int) *slot {
 		backoff: restart.NewBackoff(r.BackoffInitial, r.BackoffMax, r.BackoffReset),
 		limit:   restart.NewLimit(r.MaxRestarts, r.Window),
 		info:    WorkerInfo{ID: id, State: StateExited},
+
+		restartReq: make(chan struct{}, 1),
 	}
 }
 
@@ -60,11 +70,13 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 	var (
 		p         *process
 		execDone  <-chan error
+		readyMsg  <-chan struct{}
 		exited    <-chan *os.ProcessState
 		restartAt <-chan time.Time // the backoff before the next start
 		deadline  <-chan time.Time // the stop timeout of a draining worker
 		joinAt    <-chan time.Time // probation before steering to it
 		stopping  bool
+		replacing bool  // the worker was asked to stop, to be replaced
 		execErr   error // the trampoline could not exec the command
 		everRan   bool  // some worker of this slot ran the command
 	)
@@ -74,6 +86,8 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			return err
 		}
 		p, execDone, exited, execErr = np, np.execDone, np.exited, nil
+		readyMsg = nil
+		sl.current.Store(np)
 		sl.publish(func(i *WorkerInfo) {
 			i.PID, i.State, i.Started = np.pid, StateStarting, np.started
 		})
@@ -95,6 +109,19 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			sl.drain(p)
 			deadline = time.After(sl.sup.opts.StopTimeout)
 
+		case <-sl.restartReq:
+			switch {
+			case stopping || replacing:
+			case p == nil: // waiting out a backoff: start now
+				restartAt = sl.restart(start)
+			default:
+				replacing = true
+				joinAt = nil
+				sl.log.Info("replacing worker", "pid", p.pid)
+				sl.drain(p)
+				deadline = time.After(sl.sup.opts.StopTimeout)
+			}
+
 		case <-kill:
 			kill = nil
 			if stopping && p != nil {
@@ -114,6 +141,9 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			everRan = true
 			sl.publish(func(i *WorkerInfo) { i.State = StateReady })
 			sl.log.Info("worker started", "pid", p.pid)
+			sl.sup.emit(p, Event{Kind: EventStarted})
+			close(p.gate) // its messages may be read now
+			readyMsg = p.readyMsg
 			if stopping {
 				break
 			}
@@ -123,20 +153,28 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 				sl.sup.setLive(sl.id, true)
 			}
 
+		case <-readyMsg:
+			readyMsg = nil
+			sl.sup.emit(p, Event{Kind: EventReady})
+
 		case <-joinAt:
 			joinAt = nil
 			sl.sup.setLive(sl.id, true)
 
 		case st := <-exited:
-			exited, execDone, joinAt, deadline = nil, nil, nil, nil
+			exited, execDone, readyMsg, joinAt, deadline = nil, nil, nil, nil, nil
 			sl.sup.setLive(sl.id, false)
+			sl.current.CompareAndSwap(p, nil)
 			uptime := time.Since(p.started)
 			status := describeExit(st)
 			sl.publish(func(i *WorkerInfo) {
 				i.PID, i.State, i.LastExit = 0, StateExited, status
 			})
-			pid := p.pid
+			pid, gone := p.pid, p
 			p = nil
+			if everRan {
+				sl.sup.emit(gone, Event{Kind: EventExited, Status: status, Code: st.ExitCode(), Expected: stopping || replacing, Uptime: uptime})
+			}
 			if execErr != nil && !everRan {
 				// Reported once, by the error Run returns; there is no
 				// worker exit to speak of.
@@ -149,6 +187,12 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 				sl.log.Info("worker stopped", "pid", pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
 				return nil
 			}
+			if replacing {
+				replacing = false
+				sl.log.Info("worker stopped", "pid", pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
+				restartAt = sl.restart(start)
+				break
+			}
 			sl.log.Warn("worker exited", "pid", pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
 			if !sl.limit.Allow(time.Now()) {
 				r := sl.sup.opts.Restart
@@ -157,6 +201,7 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			}
 			delay := sl.backoff.Next(uptime)
 			sl.publish(func(i *WorkerInfo) { i.Restarts++ })
+			sl.sup.emit(gone, Event{Kind: EventRestart, Delay: delay})
 			if delay > 0 {
 				sl.log.Warn("worker is crash-looping", "exits_in_a_row", sl.backoff.Failures(), "next_start_in", delay.Round(time.Millisecond).String())
 				restartAt = time.After(delay)
@@ -188,13 +233,17 @@ func (sl *slot) restart(start func() error) <-chan time.Time {
 	return time.After(delay)
 }
 
-// drain asks p to stop: the stop signal to its whole process group.
+// drain asks p to stop: with herd.shutdown if it speaks the protocol,
+// else with the stop signal to its whole process group.
 func (sl *slot) drain(p *process) {
 	sl.sup.setLive(sl.id, false)
 	p.draining.Store(true)
 	sl.publish(func(i *WorkerInfo) { i.State = StateDraining })
-	if err := p.signalGroup(sl.sup.opts.StopSignal); err != nil && !errors.Is(err, syscall.ESRCH) {
-		sl.log.Warn("cannot signal worker", "pid", p.pid, "err", err)
+	asked := p.speaks.Load() && p.ch.TrySend(ipc.Message{Type: ipc.TypeShutdown}) == nil
+	if !asked {
+		if err := p.signalGroup(sl.sup.opts.StopSignal); err != nil && !errors.Is(err, syscall.ESRCH) {
+			sl.log.Warn("cannot signal worker", "pid", p.pid, "err", err)
+		}
 	}
 	select {
 	case <-sl.sup.killCh:

@@ -92,3 +92,8 @@ func waitLeaderExit(pid int) error {
 		}
 	}
 }
+
+// socketpair makes a close-on-exec Unix stream socket pair.
+func socketpair() ([2]int, error) {
+	return unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+}

@@ -32,3 +32,17 @@ func groupAlive(pgid int) bool {
 // waitLeaderExit is unavailable: the process is reaped first and the rest
 // of its group killed right after.
 func waitLeaderExit(pid int) error { return errNoWaitid }
+
+// socketpair makes a close-on-exec Unix stream socket pair. The fork lock
+// keeps a concurrent fork from inheriting the fds before they are marked.
+func socketpair() ([2]int, error) {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return fds, err
+	}
+	syscall.CloseOnExec(fds[0])
+	syscall.CloseOnExec(fds[1])
+	return fds, nil
+}

@@ -21,7 +21,8 @@ import (
 // call Run once.
 type Supervisor struct {
 	opts    Options
-	path    string // the resolved worker command
+	path    string   // the resolved worker command
+	argv    []string // its arguments, argv[0] included
 	log     *slog.Logger
 	sockets *sockets.Set
 	stdout  *logpump.Sink
@@ -73,7 +74,7 @@ func New(opts Options) (*Supervisor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadOptions, err)
 	}
-	path, err := exec.LookPath(opts.Command[0])
+	path, argv, err := resolveCommand(opts.Command)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCannotStart, err)
 	}
@@ -88,6 +89,7 @@ func New(opts Options) (*Supervisor, error) {
 	s := &Supervisor{
 		opts:    opts,
 		path:    path,
+		argv:    argv,
 		sockets: set,
 		killCh:  make(chan struct{}),
 		own:     make(map[int]bool),
@@ -109,12 +111,29 @@ func New(opts Options) (*Supervisor, error) {
 	return s, nil
 }
 
+// resolveCommand finds the program to run: command's first word on PATH,
+// or, for an empty command, this program with its own arguments.
+func resolveCommand(command []string) (string, []string, error) {
+	if len(command) == 0 {
+		self, err := reexec.Self()
+		if err != nil {
+			return "", nil, err
+		}
+		return self, os.Args, nil
+	}
+	path, err := exec.LookPath(command[0])
+	return path, command, err
+}
+
 func orDefault(w io.Writer, def io.Writer) io.Writer {
 	if w == nil {
 		return def
 	}
 	return w
 }
+
+// Logger is where the supervisor logs (Options.Logger, or its default).
+func (s *Supervisor) Logger() *slog.Logger { return s.log }
 
 // Listeners describes the listening sockets, in LISTEN_FDS order.
 func (s *Supervisor) Listeners() []ListenerInfo {
@@ -132,6 +151,20 @@ func (s *Supervisor) Workers() []WorkerInfo {
 		out[i] = sl.snapshot()
 	}
 	return out
+}
+
+// Restart replaces worker id gracefully: the worker is asked to stop
+// (herd.shutdown, or the stop signal), then a new one starts in its slot.
+// It returns once the slot has the request; Workers shows the progress.
+func (s *Supervisor) Restart(id int) error {
+	if id < 0 || id >= len(s.slots) {
+		return fmt.Errorf("%w %d: the cluster has workers 0 to %d", ErrNoWorker, id, len(s.slots)-1)
+	}
+	select {
+	case s.slots[id].restartReq <- struct{}{}:
+	default: // one is pending already
+	}
+	return nil
 }
 
 // Kill makes a stop in progress (or the next one) kill the workers' process

@@ -3,6 +3,7 @@ package herd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -16,10 +17,19 @@ import (
 	"github.com/herd-sh/herd"
 	"github.com/herd-sh/herd/internal/herdtest"
 	"github.com/herd-sh/herd/internal/testworker"
+	"github.com/herd-sh/herd/worker"
 )
 
 func TestMain(m *testing.M) {
 	testworker.Main()
+	// A self-forked copy of this test binary (TestSelfFork) is a worker.
+	if os.Getenv("HERD_TEST_SELF_FORK") == "1" && worker.IsWorker() {
+		if err := testworker.Lib(); err != nil {
+			fmt.Fprintln(os.Stderr, "self-forked worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv("GORACE") == "" {
 		os.Setenv("GORACE", "atexit_sleep_ms=0") // race-built workers exit at once
 	}

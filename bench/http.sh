@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # HTTP benchmark: herd run vs Node cluster vs hand-started reuseport servers.
 #
-#   bash bench/http.sh                 # from the repo root; ~3 min at DURATION=10
+#   bash bench/http.sh                 # from the repo root; ~8 min at the defaults
 #
 # Every scenario runs 2 workers and is measured with
 #   wrk -t$THREADS -c$CONNS -d${DURATION}s http://127.0.0.1:PORT/
 # once with keep-alive and once with 'Connection: close', after a 1 s warm-up.
+# The whole list of scenarios is run ROUNDS times, interleaved (A B C, A B C,
+# ...), and each figure is the median over the rounds with its range: on a
+# 2-core machine one wrk run drifts by +-10% from the next, so a ratio of two
+# single runs says little. Ratios are computed from the medians.
 #
 # Scenarios:
 #   node-single               one plain `node examples/node/hello.js`
@@ -18,6 +22,7 @@
 #
 # Environment knobs:
 #   DURATION=10     seconds per wrk run
+#   ROUNDS=3        how many times the scenario list is run
 #   THREADS=2       wrk threads (-t)
 #   CONNS=64        wrk connections (-c)
 #   BASE_PORT=18080 scenario i listens on BASE_PORT+i
@@ -32,6 +37,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 BASE_PORT=${BASE_PORT:-18080}
@@ -259,40 +265,68 @@ echo "nproc:   $(nproc)"
 echo "cpu:     ${cpu:-unknown}"
 echo "node:    $(node --version)"
 echo "go:      $(go version | awk '{ print $3 }')"
-echo "wrk:     $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') -t$THREADS -c$CONNS -d${DURATION}s, $WORKERS workers per scenario"
+echo "wrk:     $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') -t$THREADS -c$CONNS -d${DURATION}s, $WORKERS workers per scenario, median of $ROUNDS rounds"
 echo '```'
 
+# KA/CL/RSS hold one value per round, space-separated.
 declare -A KA=() CL=() RSS=()
 failed=0
-i=0
-for name in "${SCENARIOS[@]}"; do
-	port=$((BASE_PORT + i))
-	i=$((i + 1))
-	selected "$name" || continue
-	echo "== $name (port $port)" >&2
-	if listening "$port"; then
-		echo "  port $port is already in use, skipping" >&2
-		failed=1
-		continue
-	fi
-	start "$name" "$port"
-	if ! wait_ready "$port" "$PID" "$WANT"; then
-		sed 's/^/  | /' "$tmp/$name.log" | tail -20 >&2
+for ((round = 1; round <= ROUNDS; round++)); do
+	i=0
+	for name in "${SCENARIOS[@]}"; do
+		port=$((BASE_PORT + i))
+		i=$((i + 1))
+		selected "$name" || continue
+		echo "== round $round/$ROUNDS: $name (port $port)" >&2
+		if listening "$port"; then
+			echo "  port $port is already in use, skipping" >&2
+			failed=1
+			continue
+		fi
+		start "$name" "$port"
+		if ! wait_ready "$port" "$PID" "$WANT"; then
+			sed 's/^/  | /' "$tmp/$name.log" | tail -20 >&2
+			stop "$PID" "$cur" "$port"
+			failed=1
+			continue
+		fi
+		rss=
+		if [[ $name == herd-* ]]; then
+			sleep 1 # idle, 2 workers up, before any load
+			rss=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$PID/status" 2>/dev/null) || true
+			RSS[$name]+="$rss "
+		fi
+		bench "$port" keepalive
+		KA[$name]+="$RPS "
+		ka=$RPS
+		bench "$port" close
+		CL[$name]+="$RPS "
+		[[ -n $ka && -n $RPS ]] || failed=1
+		echo "  keep-alive ${ka:-?} req/s, close ${RPS:-?} req/s${rss:+, primary RSS $rss MB}" >&2
 		stop "$PID" "$cur" "$port"
-		failed=1
-		continue
-	fi
-	if [[ $name == herd-* ]]; then
-		sleep 1 # idle, 2 workers up, before any load
-		RSS[$name]=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$PID/status" 2>/dev/null) || true
-	fi
-	bench "$port" keepalive
-	KA[$name]=$RPS
-	bench "$port" close
-	CL[$name]=$RPS
-	[[ -n ${KA[$name]} && -n ${CL[$name]} ]] || failed=1
-	echo "  keep-alive ${KA[$name]:-?} req/s, close ${CL[$name]:-?} req/s${RSS[$name]:+, primary RSS ${RSS[$name]} MB}" >&2
-	stop "$PID" "$cur" "$port"
+	done
+done
+
+median() { # median VALUES...: the median of the non-empty values, or nothing
+	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
+		if (NR == 0) exit
+		if (NR % 2) print v[(NR + 1) / 2]; else printf "%g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+spread() { # spread VALUES...: "min-max", or nothing for fewer than two values
+	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR > 1) printf "%s-%s", v[1], v[NR] }'
+}
+cell() { # cell VALUES...: "median (min-max)"
+	local m r
+	m=$(median "$@")
+	r=$(spread "$@")
+	echo "${m:-n/a}${r:+ ($r)}"
+}
+declare -A KAM=() CLM=()
+for name in "${SCENARIOS[@]}"; do
+	# shellcheck disable=SC2086 # split the per-round values
+	KAM[$name]=$(median ${KA[$name]:-})
+	# shellcheck disable=SC2086
+	CLM[$name]=$(median ${CL[$name]:-})
 done
 
 ratio() { # ratio A B: A/B as a percentage, or n/a
@@ -304,22 +338,25 @@ echo "| scenario | keep-alive req/s | close req/s |"
 echo "| --- | ---: | ---: |"
 for name in "${SCENARIOS[@]}"; do
 	selected "$name" || continue
-	echo "| $name | ${KA[$name]:-n/a} | ${CL[$name]:-n/a} |"
+	# shellcheck disable=SC2086
+	echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
 done
 
 echo
-echo "| ratio | keep-alive | close |"
+echo "| ratio of medians | keep-alive | close |"
 echo "| --- | ---: | ---: |"
-row() { echo "| $1 / $2 | $(ratio "${KA[$1]:-}" "${KA[$2]:-}") | $(ratio "${CL[$1]:-}" "${CL[$2]:-}") |"; }
+row() { echo "| $1 / $2 | $(ratio "${KAM[$1]:-}" "${KAM[$2]:-}") | $(ratio "${CLM[$1]:-}" "${CLM[$2]:-}") |"; }
 row herd-reuseport node-cluster-rr
 row herd-reuseport node-cluster-none
 row herd-shared node-cluster-rr
+row herd-shared node-cluster-none
 row herd-reuseport-go go-handstarted-reuseport
 
 if ((${#RSS[@]})); then
 	echo
 	for name in "${SCENARIOS[@]}"; do
-		[[ -n ${RSS[$name]:-} ]] && echo "herd primary RSS ($name, idle, $WORKERS workers): ${RSS[$name]} MB"
+		# shellcheck disable=SC2086
+		[[ -n ${RSS[$name]:-} ]] && echo "herd primary RSS ($name, idle, $WORKERS workers): $(cell ${RSS[$name]}) MB"
 	done
 fi
 exit "$failed"

@@ -41,7 +41,8 @@ func TestMain(m *testing.M) {
 // startHerd starts a primary with args.
 func startHerd(t *testing.T, env []string, args ...string) *herdtest.Proc {
 	t.Helper()
-	return herdtest.Start(t, append([]string{"HERD_TEST_AS_CLI=1"}, env...), append([]string{os.Args[0], "run"}, args...)...)
+	env = append([]string{"HERD_TEST_AS_CLI=1", "HERD_CONTROL=" + herdtest.ControlPath(t)}, env...)
+	return herdtest.Start(t, env, append([]string{os.Args[0], "run"}, args...)...)
 }
 
 // worker returns "-- TESTBIN __worker role args...".
@@ -488,7 +489,7 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			cmd := exec.Command(os.Args[0], tc.args...)
-			cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1")
+			cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "HERD_CONTROL="+herdtest.ControlPath(t))
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			done := make(chan error, 1)
@@ -632,7 +633,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	if err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "true").Run(); err != nil {
 		t.Skipf("cannot make a PID namespace here: %v", err)
 	}
-	h := herdtest.Start(t, []string{"HERD_TEST_AS_CLI=1"},
+	h := herdtest.Start(t, []string{"HERD_TEST_AS_CLI=1", "HERD_CONTROL=" + herdtest.ControlPath(t)},
 		argv("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "run", "-w", "1", worker("orphans"))...)
 	herdtest.Eventually(10*time.Second, func() bool { return strings.Contains(h.Stdout(), "orphans made") })
 	var herdPID int
@@ -696,19 +697,20 @@ func TestPrimaryDoesNotPollItsListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sockets := map[string]bool{} // fd number -> is a socket
+	listening := listeningInodes(t)
+	sockets := map[string]bool{} // fd number -> is one of the cluster's listening sockets
 	var polls []string
 	for _, e := range ents {
 		target, _ := os.Readlink(filepath.Join(fdDir, e.Name()))
 		switch {
-		case strings.HasPrefix(target, "socket:"):
+		case listening[target]:
 			sockets[e.Name()] = true
 		case target == "anon_inode:[eventpoll]":
 			polls = append(polls, e.Name())
 		}
 	}
 	if len(sockets) < 3 {
-		t.Fatalf("primary holds %d sockets, want at least 3 (2 reuseport + 1 unix)", len(sockets))
+		t.Fatalf("primary holds %d listening sockets, want at least 3 (2 reuseport + 1 unix)", len(sockets))
 	}
 	for _, ep := range polls {
 		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, ep))
@@ -719,4 +721,32 @@ func TestPrimaryDoesNotPollItsListeners(t *testing.T) {
 			}
 		}
 	}
+}
+
+// listeningInodes returns "socket:[INODE]" for every listening TCP socket
+// and every listening Unix socket other than a herd control socket (which
+// the primary does accept on).
+func listeningInodes(t *testing.T) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fl := strings.Fields(line)
+			if len(fl) > 9 && fl[3] == "0A" {
+				out["socket:["+fl[9]+"]"] = true
+			}
+		}
+	}
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode Path
+		fl := strings.Fields(line)
+		if len(fl) > 7 && fl[3] == "00010000" && !strings.HasSuffix(fl[7], "ctl.sock") {
+			out["socket:["+fl[6]+"]"] = true
+		}
+	}
+	return out
 }

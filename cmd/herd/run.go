@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -14,8 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/control"
 )
 
 type runFlags struct {
@@ -28,6 +31,9 @@ type runFlags struct {
 	restartWindow time.Duration
 	maxBackoff    time.Duration
 	logFormat     string
+	maxMessage    string
+	control       controlFlags
+	noControl     bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -57,6 +63,9 @@ or SIGINT (a second SIGINT kills at once).`,
 	fl.DurationVar(&f.restartWindow, "restart-window", time.Minute, "the window --max-restarts counts over")
 	fl.DurationVar(&f.maxBackoff, "max-backoff", 30*time.Second, "longest wait before restarting a crash-looping worker")
 	fl.StringVar(&f.logFormat, "log-format", "text", "format of worker output and herd's own log: text or json")
+	fl.StringVar(&f.maxMessage, "max-message", "1MiB", "longest message on a worker's channel (bytes, or with KiB, MiB, GiB)")
+	fl.BoolVar(&f.noControl, "no-control", false, "do not open a control socket (herd send, status, ... will not reach this cluster)")
+	f.control.register(cmd)
 	return cmd
 }
 
@@ -86,6 +95,25 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	if f.balance != string(herd.BalanceReuseport) && f.balance != string(herd.BalanceShared) {
 		return usageError{fmt.Errorf("--balance must be reuseport or shared, got %q", f.balance)}
 	}
+	maxMessage, err := parseSize(f.maxMessage)
+	if err != nil || maxMessage < 64 || maxMessage > 1<<30 {
+		return usageError{fmt.Errorf("--max-message must be a size from 64 bytes to 1GiB, like 1MiB, got %q", f.maxMessage)}
+	}
+	var ctl *control.Server
+	if !f.noControl {
+		path, err := f.control.socket(args)
+		if err != nil {
+			return err
+		}
+		if ctl, err = control.Listen(path); err != nil {
+			if errors.Is(err, control.ErrAlreadyRunning) {
+				return fmt.Errorf("%w (give this cluster another --name)", err)
+			}
+			return err
+		}
+		defer ctl.Close()
+	}
+	logMessages := &messageLog{}
 	opts := herd.Options{
 		Command:     args,
 		Workers:     f.workers,
@@ -98,7 +126,9 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 			MaxRestarts: f.maxRestarts,
 			Window:      f.restartWindow,
 		},
-		LogFormat: f.logFormat,
+		LogFormat:  f.logFormat,
+		MaxMessage: int(maxMessage),
+		OnEvent:    logMessages.event,
 	}
 	if opts.Restart.BackoffMax < 100*time.Millisecond {
 		opts.Restart.BackoffInitial = opts.Restart.BackoffMax
@@ -110,6 +140,7 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	logMessages.log = sup.Logger()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -133,10 +164,79 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 			}
 		}
 	})
+	if ctl != nil {
+		sup.Logger().Info("control socket", "path", ctl.Path())
+		watcher.Go(func() { ctl.Serve(ctx, serveControl(sup)) })
+	}
 	err = sup.Run(ctx)
+	cancel()
 	close(done)
 	watcher.Wait()
 	return err
+}
+
+// messageLog logs the messages workers send the primary, a few a second
+// per worker at most: under herd run nothing else consumes them.
+type messageLog struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	limits  map[int]*rate.Sometimes
+	missing map[int]int
+}
+
+// maxLoggedData bounds how much of a message's data goes into the log.
+const maxLoggedData = 512
+
+func (l *messageLog) event(ev herd.Event) {
+	if ev.Kind != herd.EventMessage || l.log == nil {
+		return
+	}
+	l.mu.Lock()
+	if l.limits == nil {
+		l.limits, l.missing = map[int]*rate.Sometimes{}, map[int]int{}
+	}
+	lim := l.limits[ev.Worker]
+	if lim == nil {
+		lim = &rate.Sometimes{First: 10, Interval: 100 * time.Millisecond}
+		l.limits[ev.Worker] = lim
+	}
+	logged := false
+	lim.Do(func() { logged = true })
+	missed := l.missing[ev.Worker]
+	if logged {
+		l.missing[ev.Worker] = 0
+	} else {
+		l.missing[ev.Worker]++
+	}
+	l.mu.Unlock()
+	if !logged {
+		return
+	}
+	data := string(ev.Message.Data)
+	if len(data) > maxLoggedData {
+		data = data[:maxLoggedData] + "…"
+	}
+	l.log.Info("message from worker", "worker", ev.Worker, "pid", ev.PID, "type", ev.Message.Type, "data", data, "not_logged", missed)
+}
+
+// parseSize parses a byte count: "1048576", "512KiB", "1MiB", "1GiB" (also
+// K, M, G, KB, MB, GB, all powers of 1024).
+func parseSize(s string) (int64, error) {
+	num := strings.TrimRightFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	unit := strings.ToLower(strings.TrimSpace(s[len(num):]))
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: not a number", s)
+	}
+	shift := map[string]int{"": 0, "b": 0, "k": 10, "kb": 10, "kib": 10, "m": 20, "mb": 20, "mib": 20, "g": 30, "gb": 30, "gib": 30}
+	sh, ok := shift[unit]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit %q", s, unit)
+	}
+	if n < 0 || n > (1<<62)>>sh {
+		return 0, fmt.Errorf("size %q: out of range", s)
+	}
+	return n << sh, nil
 }
 
 // parseSignal accepts "SIGTERM", "TERM", "term" or "15".

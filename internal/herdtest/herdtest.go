@@ -19,6 +19,19 @@ import (
 	"time"
 )
 
+// ControlPath returns a fresh control socket path in a short directory
+// of its own (socket paths are limited to 107 bytes, and t.TempDir's can
+// be longer), removed at the end of the test.
+func ControlPath(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir + "/ctl.sock"
+}
+
 // Proc is a running primary.
 type Proc struct {
 	t    testing.TB

@@ -48,8 +48,8 @@ func init() {
 	}
 }
 
-// self returns the path that runs this binary again.
-func self() (string, error) {
+// Self returns the path that runs this binary again.
+func Self() (string, error) {
 	if _, err := os.Stat("/proc/self/exe"); err == nil {
 		// Stays valid when the file on disk is replaced during a deploy.
 		return "/proc/self/exe", nil
@@ -66,7 +66,7 @@ func self() (string, error) {
 // have for the write end of the exec-status pipe (the caller puts it in
 // ExtraFiles at that position). env must not contain roleEnv.
 func Command(path string, argv []string, env []string, statusFD int) (*exec.Cmd, error) {
-	me, err := self()
+	me, err := Self()
 	if err != nil {
 		return nil, err
 	}

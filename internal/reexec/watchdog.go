@@ -25,7 +25,7 @@ type Watchdog struct {
 // StartWatchdog starts the watchdog process, in a process group of its own
 // so that a signal meant for the primary's group does not reach it.
 func StartWatchdog() (*Watchdog, error) {
-	me, err := self()
+	me, err := Self()
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,14 @@ func Main() {
 		return
 	}
 	role, args := os.Args[2], os.Args[3:]
+	if role == "byslot" {
+		// TEST_SLOT<id>="role args..." gives each slot its own part.
+		fields := strings.Fields(os.Getenv("TEST_SLOT" + os.Getenv("HERD_WORKER_ID")))
+		if len(fields) == 0 {
+			fields = []string{"rawipc"}
+		}
+		role, args = fields[0], fields[1:]
+	}
 	var err error
 	switch role {
 	case "http":
@@ -48,6 +56,10 @@ func Main() {
 	case "sleep":
 		signal.Ignore(syscall.SIGTERM)
 		time.Sleep(time.Hour)
+	case "lib":
+		err = libWorker()
+	case "rawipc":
+		err = rawIPC(args)
 	default:
 		err = fmt.Errorf("unknown test worker role %q", role)
 	}

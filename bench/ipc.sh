@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Message channel benchmark: herd's channel with a Go worker (bench/ipcbench)
+# beside Node's cluster IPC (bench/node-ipc.js), same machine, same run.
+#
+#   bash bench/ipc.sh            # from the repo root; about a minute
+#
+# Each side is run ROUNDS times, interleaved; figures are medians with their
+# range. One way: small messages ({"type":"n","data":i}) worker -> primary,
+# as fast as the channel takes them. Round trip: worker -> primary ->
+# worker, one at a time, driven by the worker's message handler.
+#
+# Knobs: ROUNDS=5, MSGS=2000000 (one-way messages per run), RTT=20000.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS=${ROUNDS:-5}
+export MSGS=${MSGS:-2000000} RTT=${RTT:-20000}
+
+command -v node >/dev/null || { echo "bench/ipc.sh: node is not installed" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+go build -o "$tmp/ipcbench" ./bench/ipcbench
+
+echo '```'
+echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "arch:    $(uname -m) (kernel $(uname -r)), nproc $(nproc), cpu $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+echo "node:    $(node --version), go: $(go version | awk '{ print $3 }')"
+echo "runs:    $ROUNDS each, interleaved; MSGS=$MSGS RTT=$RTT"
+echo '```'
+
+declare -A V=()
+for ((r = 1; r <= ROUNDS; r++)); do
+	for side in herd node; do
+		if [[ $side == herd ]]; then
+			out=$("$tmp/ipcbench" 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
+		else
+			out=$(node bench/node-ipc.js 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
+		fi
+		echo "round $r $side: $(echo "$out" | tr '\n' ' ')" >&2
+		while read -r key val; do
+			V[$side.$key]+="$val "
+		done <<<"$out"
+	done
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
+
+echo
+echo "| figure | herd (Go worker) | Node cluster | herd / Node |"
+echo "| --- | ---: | ---: | ---: |"
+for key in oneway_msgs_per_s rtt_median_us rtt_p99_us; do
+	# shellcheck disable=SC2086 # split the per-round values
+	h=$(median ${V[herd.$key]}) n=$(median ${V[node.$key]})
+	# shellcheck disable=SC2086
+	echo "| $key | $h ($(range ${V[herd.$key]})) | $n ($(range ${V[node.$key]})) | $(awk -v a="$h" -v b="$n" 'BEGIN { printf "%.2fx", a / b }') |"
+done

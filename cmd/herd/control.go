@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/control"
+)
+
+// controlFlags pick the control socket, for herd run and every client
+// command alike.
+type controlFlags struct {
+	name string
+	path string
+}
+
+func (c *controlFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&c.name, "name", "", "name of the cluster, for its control socket (default: the worker command's base name)")
+	fl.StringVar(&c.path, "control", "", "control socket path (default: $HERD_CONTROL, else $XDG_RUNTIME_DIR/herd/NAME.sock or /tmp/herd-UID/NAME.sock)")
+}
+
+// socket resolves the control socket path; command is the worker command
+// of herd run (nil for client commands, which need --name or --control
+// unless exactly one cluster runs).
+func (c *controlFlags) socket(command []string) (string, error) {
+	if c.path != "" {
+		return c.path, nil
+	}
+	if env := os.Getenv("HERD_CONTROL"); env != "" && c.name == "" {
+		return env, nil
+	}
+	name := c.name
+	if name == "" && len(command) > 0 {
+		name = control.SanitizeName(filepath.Base(command[0]))
+	}
+	if name == "" {
+		return onlyCluster()
+	}
+	p, err := control.DefaultPath(name)
+	if err != nil {
+		return "", usageError{fmt.Errorf("--name: %w", err)}
+	}
+	return p, nil
+}
+
+// onlyCluster finds the control socket when the user named no cluster:
+// the one socket in the default directory, as a convenience.
+func onlyCluster() (string, error) {
+	probe, err := control.DefaultPath("x")
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Dir(probe)
+	matches, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	switch len(matches) {
+	case 1:
+		return matches[0], nil
+	case 0:
+		return "", fmt.Errorf("%w: no control socket in %s (start one with herd run, or use --name or --control)", control.ErrNotRunning, dir)
+	}
+	var names []string
+	for _, m := range matches {
+		names = append(names, strings.TrimSuffix(filepath.Base(m), ".sock"))
+	}
+	return "", usageError{fmt.Errorf("several clusters run (%s): say which with --name", strings.Join(names, ", "))}
+}
+
+// sendArgs is the "send" request.
+type sendArgs struct {
+	To      string          `json:"to"` // a worker id or "all"
+	Message json.RawMessage `json:"message"`
+}
+
+// serveControl answers client commands for sup.
+func serveControl(sup *herd.Supervisor) control.Handler {
+	return func(ctx context.Context, req control.Request, reply func(any) error) error {
+		switch req.Cmd {
+		case "send":
+			var a sendArgs
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return fmt.Errorf("send: bad arguments: %w", err)
+			}
+			typ, data, err := parseUserMessage(a.Message)
+			if err != nil {
+				return err
+			}
+			if a.To == "all" {
+				return sup.Broadcast(ctx, typ, data)
+			}
+			id, err := strconv.Atoi(a.To)
+			if err != nil {
+				return fmt.Errorf("send: worker %q is not an id or \"all\"", a.To)
+			}
+			return sup.Send(ctx, id, typ, data)
+		}
+		return fmt.Errorf("unknown command %q (this herd is too old or too new for the client?)", req.Cmd)
+	}
+}
+
+// parseUserMessage checks a message given on the command line: a JSON
+// object with a string "type" that is not reserved, and optional "data".
+func parseUserMessage(raw json.RawMessage) (string, json.RawMessage, error) {
+	var m struct {
+		Type *string         `json:"type"`
+		Data json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil || m.Type == nil {
+		return "", nil, fmt.Errorf(`the message must be a JSON object with a string "type", like {"type":"reload-config","data":{"x":1}}`)
+	}
+	return *m.Type, m.Data, nil
+}
+
+func newSendCmd() *cobra.Command {
+	var cf controlFlags
+	cmd := &cobra.Command{
+		Use:   "send [flags] WORKER|all MESSAGE",
+		Short: "Send a message to one worker or to all of a running cluster",
+		Long: `Send a message to worker WORKER (an id) or to every worker of a running
+herd. MESSAGE is a JSON object with a string "type" (not starting with
+"herd.") and optional "data"; the worker receives it as is (docs/protocol.md).`,
+		Example: `  herd send all '{"type":"reload-config"}'
+  herd send --name api 1 '{"type":"log-level","data":"debug"}'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{fmt.Errorf("send takes WORKER|all and MESSAGE, got %d arguments", len(args))}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			to, msg := args[0], json.RawMessage(args[1])
+			if to != "all" {
+				if id, err := strconv.Atoi(to); err != nil || id < 0 {
+					return usageError{fmt.Errorf("WORKER must be a worker id or \"all\", got %q", to)}
+				}
+			}
+			typ, _, err := parseUserMessage(msg)
+			if err != nil {
+				return usageError{err}
+			}
+			if typ == "" || strings.HasPrefix(typ, "herd.") {
+				return usageError{fmt.Errorf("message type %q is empty or reserved (herd.*)", typ)}
+			}
+			path, err := cf.socket(nil)
+			if err != nil {
+				return err
+			}
+			return callControl(cmd.Context(), path, "send", sendArgs{To: to, Message: msg}, nil)
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}
+
+// callControl runs one control request, turning the server's error into
+// the command's.
+func callControl(ctx context.Context, path, name string, args any, onData func(json.RawMessage) error) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	err := control.Call(ctx, path, name, args, onData)
+	var re *control.RemoteError
+	if errors.As(err, &re) {
+		return errors.New(re.Msg)
+	}
+	return err
+}

@@ -1,0 +1,434 @@
+// Package channel runs one end of the message channel between a herd
+// primary and a worker (the wire format is package ipc): an outbound queue
+// bounded in bytes, drained by one writer goroutine that sends whatever has
+// accumulated in a single write, and a read loop.
+//
+// Batching is what makes the channel fast under load: a sender only
+// appends to the queue, so while the writer is in a write, every message
+// sent meanwhile joins the next one. Latency is what matters when the
+// channel is quiet, so a message sent after a pause is written at once by
+// its sender, with one non-blocking write and no goroutine to wake; what
+// the socket does not take goes to the queue.
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/herd-sh/herd/internal/ipc"
+)
+
+// Errors of Send, TrySend and Relay.
+var (
+	// ErrClosed: the channel is closed (the other side is gone, or Close).
+	ErrClosed = errors.New("channel closed")
+	// ErrFull: the queue has no room (TrySend).
+	ErrFull = errors.New("channel queue full")
+	// ErrStalled: the other side has not read for a while; relays to it
+	// are dropped until it catches up.
+	ErrStalled = errors.New("receiver is not reading its channel")
+	// ErrTooBig: the message is longer than the limit.
+	ErrTooBig = errors.New("message longer than the limit")
+)
+
+const (
+	// MinQueue is the least number of bytes a queue holds.
+	MinQueue = 4 << 20
+	// RelayWait is how long a relay waits for room before the receiver is
+	// marked stalled.
+	RelayWait = time.Second
+	// writeChunk bounds one write, so room frees up as a large backlog
+	// drains instead of only at its end.
+	writeChunk = 256 << 10
+	// RelaySlack is how much longer than the limit a relayed message may
+	// be: the primary wraps a worker's herd.broadcast or herd.to (which
+	// the limit applies to) in a herd.message with a "from" member.
+	RelaySlack = 64
+	// directGap is the pause after which a message is written by its
+	// sender rather than queued for the writer: long enough that a stream
+	// of messages is batched, short enough that a request/reply exchange
+	// (tens of microseconds per round trip) never waits for the writer.
+	directGap = 5 * time.Microsecond
+)
+
+// Conn is one end of a channel. Make it with New; Close it.
+type Conn struct {
+	conn  net.Conn
+	raw   syscall.RawConn // for the sender's own write; nil if none
+	max   int             // longest message, newline excluded
+	// readMax is the longest message the read loop accepts: the worker's
+	// end accepts relays, which may be RelaySlack longer.
+	readMax int
+	limit int             // bytes queued or being written
+	epoch time.Time       // lastSend counts from here (monotonic)
+
+	mu       sync.Mutex
+	out      []byte // queued, not yet taken by the writer
+	spare    []byte // the writer's previous buffer, reused
+	inflight int    // bytes taken by a write and not written yet
+	busy     bool   // a write is in progress (the writer's or a sender's)
+	lastSend time.Duration
+	room     chan struct{}
+	waiting  bool // someone waits on room
+	stalled  bool
+	closed   bool
+	err      error // why the channel closed
+
+	wake       chan struct{} // capacity 1: out has bytes
+	writerDone chan struct{}
+}
+
+// New starts the writer of a channel over c. maxMessage (0: the default)
+// is the longest message either side may send; the queue holds
+// max(MinQueue, 2*maxMessage) bytes.
+func New(c net.Conn, maxMessage int) *Conn {
+	if maxMessage <= 0 {
+		maxMessage = ipc.DefaultMaxMessage
+	}
+	ch := &Conn{
+		conn:       c,
+		max:        maxMessage,
+		readMax:    maxMessage,
+		limit:      max(MinQueue, 2*maxMessage),
+		epoch:      time.Now(),
+		room:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		ch.raw, _ = sc.SyscallConn()
+	}
+	go ch.writeLoop()
+	return ch
+}
+
+// FromFD makes the worker's end of a channel from the inherited socket fd.
+// The fd itself is closed: the channel uses a close-on-exec copy, so that
+// programs the worker starts do not inherit it.
+func FromFD(fd int, maxMessage int) (*Conn, error) {
+	f := os.NewFile(uintptr(fd), "herd-ipc")
+	if f == nil {
+		return nil, fmt.Errorf("channel fd %d: not a valid descriptor", fd)
+	}
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("channel fd %d: %w", fd, err)
+	}
+	if _, ok := c.(*net.UnixConn); !ok {
+		c.Close()
+		return nil, fmt.Errorf("channel fd %d: not a Unix socket", fd)
+	}
+	ch := New(c, maxMessage)
+	ch.readMax = ch.max + RelaySlack
+	return ch, nil
+}
+
+// Max is the message size limit.
+func (c *Conn) Max() int { return c.max }
+
+// Send queues m, waiting for room while the queue is full, until ctx ends.
+func (c *Conn) Send(ctx context.Context, m ipc.Message) error {
+	for {
+		room, err := c.enqueue(m, false)
+		if room == nil {
+			return err
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// TrySend queues m if there is room now.
+func (c *Conn) TrySend(m ipc.Message) error {
+	room, err := c.enqueue(m, false)
+	if room != nil {
+		return ErrFull
+	}
+	return err
+}
+
+// Relay queues m for a message relayed from another worker. It waits for
+// room up to RelayWait, which slows the sender down to the pace of this
+// reader. A reader that made no room in that time is marked stalled, and
+// relays fail at once with ErrStalled until its queue has drained to half.
+func (c *Conn) Relay(m ipc.Message) error {
+	var timer *time.Timer
+	for {
+		room, err := c.enqueue(m, true)
+		if room == nil {
+			if timer != nil {
+				timer.Stop()
+			}
+			return err
+		}
+		if timer == nil {
+			timer = time.NewTimer(RelayWait)
+		}
+		select {
+		case <-room:
+		case <-timer.C:
+			c.mu.Lock()
+			c.stalled = true
+			c.mu.Unlock()
+			return ErrStalled
+		}
+	}
+}
+
+// enqueue appends m to the queue, or writes it at once when the channel
+// was quiet. It returns a channel to wait on when the queue has no room,
+// else the result.
+func (c *Conn) enqueue(m ipc.Message, relay bool) (<-chan struct{}, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if relay && c.stalled {
+		c.mu.Unlock()
+		return nil, ErrStalled
+	}
+	before := len(c.out)
+	out, err := ipc.Append(c.out, m)
+	if err != nil {
+		c.out = out[:before]
+		c.mu.Unlock()
+		return nil, err
+	}
+	n := len(out) - before
+	if limit := c.max; n-1 > limit && (!relay || n-1 > limit+RelaySlack) {
+		c.out = out[:before]
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w (%d bytes, limit %d)", ErrTooBig, n-1, c.max)
+	}
+	// An empty queue takes any message that fits the limit.
+	if before+c.inflight > 0 && before+c.inflight+n > c.limit {
+		c.out = out[:before]
+		c.waiting = true
+		room := c.room
+		c.mu.Unlock()
+		return room, nil
+	}
+	c.out = out
+	now := time.Since(c.epoch)
+	quiet := now-c.lastSend > directGap
+	c.lastSend = now
+	if before == 0 && quiet && !c.busy && c.raw != nil {
+		c.writeNow() // unlocks
+		return nil, nil
+	}
+	if before == 0 {
+		c.wakeWriter()
+	}
+	c.mu.Unlock()
+	return nil, nil
+}
+
+// writeNow writes the queue (one message) from the sender's goroutine
+// with a single non-blocking write; what the socket does not take is left
+// for the writer. c.mu is held, and released.
+func (c *Conn) writeNow() {
+	buf := c.out
+	c.out, c.spare = c.spare[:0], nil
+	c.busy, c.inflight = true, len(buf)
+	c.mu.Unlock()
+
+	n := 0
+	c.raw.Write(func(fd uintptr) bool {
+		for {
+			m, err := syscall.Write(int(fd), buf)
+			if err == syscall.EINTR {
+				continue
+			}
+			n = max(m, 0)
+			return true // never wait: the writer does that
+		}
+	})
+
+	c.mu.Lock()
+	c.busy, c.inflight = false, 0
+	if rest := buf[n:]; len(rest) > 0 {
+		// Unwritten bytes go before whatever was queued meanwhile.
+		c.out = append(append(make([]byte, 0, len(rest)+len(c.out)), rest...), c.out...)
+	}
+	c.spare = buf[:0]
+	if len(c.out) > 0 {
+		c.wakeWriter()
+	}
+	c.freed()
+	c.mu.Unlock()
+}
+
+// wakeWriter makes sure the writer looks at the queue. c.mu is held.
+func (c *Conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Conn) writeLoop() {
+	defer close(c.writerDone)
+	for range c.wake {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		if c.busy || len(c.out) == 0 {
+			// A sender is writing; it wakes the writer if it leaves bytes.
+			c.mu.Unlock()
+			continue
+		}
+		buf := c.out
+		c.out, c.spare = c.spare[:0], nil
+		c.busy, c.inflight = true, len(buf)
+		c.mu.Unlock()
+
+		var werr error
+		for len(buf) > 0 && werr == nil {
+			n := min(len(buf), writeChunk)
+			_, werr = c.conn.Write(buf[:n])
+			buf = buf[n:]
+			c.mu.Lock()
+			c.inflight = len(buf)
+			c.freed()
+			c.mu.Unlock()
+		}
+		c.mu.Lock()
+		c.busy = false
+		c.spare = buf[:0:cap(buf)]
+		if len(c.out) > 0 {
+			c.wakeWriter()
+		}
+		c.mu.Unlock()
+		if werr != nil {
+			c.shut(fmt.Errorf("write: %w", werr))
+			return
+		}
+	}
+}
+
+// freed wakes senders waiting for room and clears a stall once the queue
+// has drained to half. c.mu is held.
+func (c *Conn) freed() {
+	if c.stalled && len(c.out)+c.inflight <= c.limit/2 {
+		c.stalled = false
+	}
+	if c.waiting {
+		close(c.room)
+		c.room = make(chan struct{})
+		c.waiting = false
+	}
+}
+
+// shut marks the channel closed for err and wakes every waiter.
+func (c *Conn) shut(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed, c.err = true, err
+	c.out = nil
+	close(c.room)
+	c.room = make(chan struct{})
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Flush waits until everything queued so far has been written, the
+// channel closed, or ctx ended.
+func (c *Conn) Flush(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			err := c.err
+			c.mu.Unlock()
+			if err == nil {
+				return ErrClosed
+			}
+			return err
+		}
+		if len(c.out)+c.inflight == 0 {
+			c.mu.Unlock()
+			return nil
+		}
+		c.waiting = true
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// Close closes the channel, dropping what is still queued, and waits for
+// the writer to end.
+func (c *Conn) Close() error {
+	c.shut(nil)
+	err := c.conn.Close()
+	<-c.writerDone
+	return err
+}
+
+// Handler receives what a read loop reads.
+type Handler interface {
+	// Message is called for each well-formed message, in order. Its Data
+	// aliases the read buffer: copy it to keep it.
+	Message(m ipc.Message)
+	// Bad is called for each line that was dropped: too long (an error
+	// wrapping ipc.ErrTooLong) or malformed (ipc.ErrMalformed).
+	Bad(err error)
+}
+
+// ReadLoop reads messages from r (the channel's socket, or a reader over
+// it that also collects passed descriptors) until it ends, calling h for
+// each. It returns nil at end of stream and when the channel is closed.
+func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
+	if r == nil {
+		r = c.conn
+	}
+	rd := ipc.NewReader(r, c.readMax)
+	var dec ipc.Decoder
+	for {
+		line, err := rd.ReadLine()
+		if err != nil {
+			if errors.Is(err, ipc.ErrTooLong) {
+				h.Bad(err)
+				continue
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		m, err := dec.Decode(line)
+		if err != nil {
+			h.Bad(err)
+			continue
+		}
+		h.Message(m)
+	}
+}
+
+// SetReadDeadline bounds the read loop.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
+// Raw is the underlying connection.
+func (c *Conn) Raw() net.Conn { return c.conn }

@@ -1,0 +1,249 @@
+package channel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/herd-sh/herd/internal/ipc"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pair returns a channel over one end of a real socket pair, and the other
+// end as a plain connection.
+func pair(t *testing.T, max int) (*Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	ch := New(conns[0], max)
+	t.Cleanup(func() { ch.Close(); conns[1].Close() })
+	return ch, conns[1]
+}
+
+type collect struct {
+	mu   sync.Mutex
+	msgs []ipc.Message
+	bad  []error
+}
+
+func (c *collect) Message(m ipc.Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m.Data = append([]byte(nil), m.Data...)
+	c.msgs = append(c.msgs, m)
+}
+
+func (c *collect) Bad(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bad = append(c.bad, err)
+}
+
+func TestSendArrivesInOrder(t *testing.T) {
+	ch, peer := pair(t, 0)
+	const n = 50000
+	go func() {
+		for i := range n {
+			ch.Send(context.Background(), ipc.Message{Type: "n", Data: []byte(fmt.Sprint(i))})
+		}
+	}()
+	sc := bufio.NewScanner(peer)
+	for i := range n {
+		if !sc.Scan() {
+			t.Fatalf("stream ended after %d messages: %v", i, sc.Err())
+		}
+		want := fmt.Sprintf(`{"type":"n","data":%d}`, i)
+		if sc.Text() != want {
+			t.Fatalf("message %d is %q, want %q", i, sc.Text(), want)
+		}
+	}
+}
+
+// A peer that does not read fills the queue; then Send waits (and gives up
+// with its context) instead of growing the queue.
+func TestQueueIsBounded(t *testing.T) {
+	ch, _ := pair(t, 1<<10)
+	msg := ipc.Message{Type: "fill", Data: []byte(`"` + strings.Repeat("z", 900) + `"`)}
+	sent := 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := ch.Send(ctx, msg)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent++
+		if sent > 100000 {
+			t.Fatal("the queue never filled")
+		}
+	}
+	ch.mu.Lock()
+	queued := len(ch.out) + ch.inflight
+	ch.mu.Unlock()
+	if queued > ch.limit {
+		t.Fatalf("%d bytes queued, limit %d", queued, ch.limit)
+	}
+	if err := ch.TrySend(msg); !errors.Is(err, ErrFull) {
+		t.Fatalf("TrySend on a full queue: %v", err)
+	}
+}
+
+// A relay into a queue that does not drain marks the receiver stalled
+// after RelayWait; later relays fail at once, until it reads again.
+func TestRelayStallsAndRecovers(t *testing.T) {
+	ch, peer := pair(t, 1<<10)
+	msg := ipc.Message{Type: "r", Data: []byte(`"` + strings.Repeat("z", 900) + `"`)}
+	for ch.TrySend(msg) == nil {
+	}
+	begin := time.Now()
+	if err := ch.Relay(msg); !errors.Is(err, ErrStalled) {
+		t.Fatalf("relay into a full queue: %v", err)
+	}
+	if took := time.Since(begin); took < RelayWait/2 {
+		t.Fatalf("gave up after %v, before waiting for room", took)
+	}
+	begin = time.Now()
+	if err := ch.Relay(msg); !errors.Is(err, ErrStalled) || time.Since(begin) > RelayWait/2 {
+		t.Fatalf("second relay to a stalled receiver: %v after %v, want ErrStalled at once", err, time.Since(begin))
+	}
+	// The receiver reads everything: it is not stalled any more.
+	go func() {
+		buf := make([]byte, 1<<16)
+		for {
+			if _, err := peer.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	if !eventually(func() bool { return ch.Relay(msg) == nil }) {
+		t.Fatal("relays still refused after the receiver drained its queue")
+	}
+}
+
+func TestTooBigAndMalformedAreRefused(t *testing.T) {
+	ch, _ := pair(t, 100)
+	big := ipc.Message{Type: "b", Data: []byte(`"` + strings.Repeat("z", 200) + `"`)}
+	if err := ch.TrySend(big); !errors.Is(err, ErrTooBig) {
+		t.Errorf("message over the limit: %v", err)
+	}
+	if err := ch.TrySend(ipc.Message{Type: "b", Data: []byte(`{`)}); !errors.Is(err, ipc.ErrMalformed) {
+		t.Errorf("data that is not JSON: %v", err)
+	}
+	// Neither left bytes behind.
+	if err := ch.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadLoopSkipsBadLinesAndGoesOn(t *testing.T) {
+	ch, peer := pair(t, 64)
+	var c collect
+	done := make(chan error, 1)
+	go func() { done <- ch.ReadLoop(nil, &c) }()
+	fmt.Fprintf(peer, "%s\n", `{"type":"a"}`)
+	fmt.Fprintf(peer, "{\"type\":\"big\",\"data\":\"%s\"}\n", strings.Repeat("x", 10000))
+	fmt.Fprintf(peer, "not json\n")
+	fmt.Fprintf(peer, "%s\n", `{"type":"b","data":[1]}`)
+	peer.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(c.msgs) != 2 || c.msgs[0].Type != "a" || c.msgs[1].Type != "b" || string(c.msgs[1].Data) != "[1]" {
+		t.Errorf("messages %+v", c.msgs)
+	}
+	if len(c.bad) != 2 || !errors.Is(c.bad[0], ipc.ErrTooLong) || !errors.Is(c.bad[1], ipc.ErrMalformed) {
+		t.Errorf("bad lines reported: %v", c.bad)
+	}
+}
+
+func TestCloseWakesWaitingSenders(t *testing.T) {
+	ch, _ := pair(t, 1<<10)
+	msg := ipc.Message{Type: "w", Data: []byte(`"` + strings.Repeat("z", 900) + `"`)}
+	for ch.TrySend(msg) == nil {
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- ch.Send(context.Background(), msg) }()
+	time.Sleep(50 * time.Millisecond)
+	ch.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("waiting Send after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Send still waiting after Close")
+	}
+}
+
+func eventually(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+func BenchmarkSendOneWay(b *testing.B) {
+	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		conns[i], _ = net.FileConn(f)
+		f.Close()
+	}
+	tx, rx := New(conns[0], 0), New(conns[1], 0)
+	defer tx.Close()
+	defer rx.Close()
+	got := make(chan struct{})
+	counter := &countTo{n: b.N, done: got}
+	go rx.ReadLoop(nil, counter)
+	msg := ipc.Message{Type: "n", Data: []byte("123")}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		tx.Send(context.Background(), msg)
+	}
+	<-got
+}
+
+type countTo struct {
+	n, seen int
+	done    chan struct{}
+}
+
+func (c *countTo) Message(ipc.Message) {
+	c.seen++
+	if c.seen == c.n {
+		close(c.done)
+	}
+}
+func (c *countTo) Bad(error) {}

@@ -1,0 +1,127 @@
+package testworker
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/worker"
+)
+
+// libWorker is a worker built on the worker library. It serves HTTP on its
+// listeners (answering like the http role) with worker.Serve, and talks on
+// its channel:
+//
+//	TEST_SEQ=N      on start, send N messages {"type":"seq","data":i}
+//	ping X          answered with pong X
+//	go              broadcast {"id":ID}
+//	sendto {"to":N} send {"id":ID} to worker N
+//	a relayed X     reported to the primary as got {"from":F,"data":X};
+//	                with TEST_COUNT_RELAYS=1 only counted, and the count
+//	                is in every pong: {"relays":N,"data":X}
+//	TEST_SLOW=DUR   each HTTP request takes this long
+//
+// Lib runs the lib role in this process (for a self-forked test binary).
+func Lib() error { return libWorker() }
+
+func libWorker() error {
+	var w *worker.Worker
+	countOnly := os.Getenv("TEST_COUNT_RELAYS") == "1"
+	relays := 0
+	handle := func(m herd.Message) {
+		switch {
+		case m.Type == herd.TypeRelayed && countOnly:
+			relays++
+		case m.Type == herd.TypeRelayed:
+			w.Send("got", map[string]any{"from": m.From, "data": m.Data})
+		case m.Type == "ping" && countOnly:
+			w.Send("pong", map[string]any{"relays": relays, "data": m.Data})
+		case m.Type == "ping":
+			w.Send("pong", m.Data)
+		case m.Type == "go":
+			w.Broadcast(map[string]int{"id": w.ID()})
+		case m.Type == "sendto":
+			var to struct{ To int }
+			json.Unmarshal(m.Data, &to)
+			w.SendTo(to.To, map[string]int{"id": w.ID()})
+		}
+	}
+	w, err := worker.Start(worker.Options{OnMessage: func(m herd.Message) { handle(m) }})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if n, _ := strconv.Atoi(os.Getenv("TEST_SEQ")); n > 0 {
+		for i := range n {
+			if err := w.Send("seq", i); err != nil {
+				return err
+			}
+		}
+	}
+	if len(w.Listeners()) == 0 {
+		w.Ready()
+		<-w.Context().Done()
+		return nil
+	}
+	slow, _ := time.ParseDuration(os.Getenv("TEST_SLOW"))
+	body := fmt.Sprintf("id=%d pid=%d child=0 fds=%d names=- workers=%d\n", w.ID(), os.Getpid(), len(w.Listeners()), w.Workers())
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if slow > 0 {
+			time.Sleep(slow)
+		}
+		rw.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(rw, body)
+	})}
+	return w.Serve(srv)
+}
+
+// rawIPC writes to its channel fd without reading it, then waits to be
+// killed. args say what to write, in order:
+//
+//	big:N        a line of N bytes (over any limit)
+//	bad:N        N lines that are not JSON
+//	bcast:N      N broadcasts of a 1 KiB string
+//	msg:TYPE     one well-formed message {"type":TYPE}
+func rawIPC(args []string) error {
+	fd, err := strconv.Atoi(os.Getenv("HERD_IPC_FD"))
+	if err != nil {
+		return fmt.Errorf("HERD_IPC_FD: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), "ipc")
+	for _, a := range args {
+		kind, arg, _ := strings.Cut(a, ":")
+		n, _ := strconv.Atoi(arg)
+		switch kind {
+		case "big":
+			chunk := []byte(`{"type":"big","data":"` + strings.Repeat("x", 64<<10))
+			for written := 0; written < n; written += len(chunk) {
+				if _, err := f.Write(chunk); err != nil {
+					return err
+				}
+				chunk = []byte(strings.Repeat("x", 64<<10))
+			}
+			f.Write([]byte("\"}\n"))
+		case "bad":
+			for i := range n {
+				fmt.Fprintf(f, "not json %d\n", i)
+			}
+		case "bcast":
+			line := []byte(`{"type":"herd.broadcast","data":"` + strings.Repeat("b", 1024) + "\"}\n")
+			for range n {
+				if _, err := f.Write(line); err != nil {
+					return err
+				}
+			}
+		case "msg":
+			fmt.Fprintf(f, "{\"type\":%q}\n", arg)
+		}
+	}
+	fmt.Println("rawipc done")
+	time.Sleep(time.Hour)
+	return nil
+}
