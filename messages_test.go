@@ -297,3 +297,25 @@ func TestNodeAndPythonWorkersSpeakTheProtocol(t *testing.T) {
 		})
 	}
 }
+
+// The worker library learns the primary's limit from herd.hello: with a
+// 4 MiB limit, a 2 MiB message goes through both ways.
+func TestLargeMessagesWithinARaisedLimit(t *testing.T) {
+	ev := &events{}
+	s, stop := start(t, herd.Options{
+		Command:    testworker.Command("lib"),
+		Workers:    1,
+		MaxMessage: 4 << 20,
+		OnEvent:    ev.add,
+	})
+	ev.waitFor(t, "the worker ready", func() bool { return ev.count(herd.EventReady) >= 1 })
+	big := strings.Repeat("x", 2<<20)
+	if err := s.Send(context.Background(), 0, "ping", big); err != nil {
+		t.Fatal(err)
+	}
+	ev.waitFor(t, "the big pong", func() bool { return len(ev.messages("pong")[0]) >= 1 })
+	if got := len(ev.messages("pong")[0][0]); got != len(big)+2 {
+		t.Fatalf("pong of %d bytes, want %d", got, len(big)+2)
+	}
+	stop()
+}

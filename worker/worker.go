@@ -300,6 +300,7 @@ func (e *workerEnd) Message(m ipc.Message) {
 		if m.ID != nil && *m.ID != w.id {
 			fmt.Fprintf(os.Stderr, "herd worker: the primary calls this worker %d, HERD_WORKER_ID says %d\n", *m.ID, w.id)
 		}
+		w.ch.SetMax(m.Max)
 	case ipc.TypeShutdown:
 		w.cancel(ErrShutdown)
 	case ipc.TypeMessage:

@@ -66,6 +66,7 @@ type Conn struct {
 	// readMax is the longest message the read loop accepts: the worker's
 	// end accepts relays, which may be RelaySlack longer.
 	readMax int
+	rd      *ipc.Reader // the read loop's, for SetMax
 	limit int             // bytes queued or being written
 	epoch time.Time       // lastSend counts from here (monotonic)
 
@@ -405,6 +406,7 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 		r = c.conn
 	}
 	rd := ipc.NewReader(r, c.readMax)
+	c.rd = rd
 	var dec ipc.Decoder
 	for {
 		line, err := rd.ReadLine()
@@ -424,6 +426,22 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 			continue
 		}
 		h.Message(m)
+	}
+}
+
+// SetMax changes the message size limit of the worker's end to the one
+// the primary announced. Call it from the read loop (a Handler method).
+func (c *Conn) SetMax(n int) {
+	if n <= 0 {
+		return
+	}
+	c.mu.Lock()
+	c.max = n
+	c.limit = max(MinQueue, 2*n)
+	c.mu.Unlock()
+	c.readMax = n + RelaySlack
+	if c.rd != nil {
+		c.rd.SetMax(c.readMax)
 	}
 }
 

@@ -820,6 +820,14 @@ type Reader struct {
 	Skipped int
 }
 
+// SetMax changes the limit for the lines read from now on (a worker learns
+// the primary's limit from herd.hello). Call it between ReadLine calls.
+func (r *Reader) SetMax(max int) {
+	if max > 0 {
+		r.max = max
+	}
+}
+
 // NewReader reads messages of at most max bytes (0: DefaultMaxMessage)
 // from r.
 func NewReader(r io.Reader, max int) *Reader {
