@@ -11,6 +11,9 @@ var (
 	ErrCrashLoop = errors.New("worker restarted too often")
 	// ErrRunning is returned by a second call of Run.
 	ErrRunning = errors.New("supervisor already ran")
+	// ErrNotRunning is returned by what needs a running cluster (Reload,
+	// Scale, Restart) before Run or after it returned.
+	ErrNotRunning = errors.New("the cluster is not running")
 	// ErrBadOptions is wrapped by every validation error of New.
 	ErrBadOptions = errors.New("invalid options")
 	// ErrNoWorker means a message was addressed to a slot that does not

@@ -32,7 +32,10 @@ func (s *Supervisor) newChannel(slot int) (*channel.Conn, *os.File, error) {
 	}
 	ch := channel.New(conn, s.opts.MaxMessage)
 	id := slot
-	hello := ipc.Message{Type: ipc.TypeHello, V: ipc.Version, ID: &id, Workers: len(s.slots), Max: s.opts.MaxMessage}
+	hello := ipc.Message{
+		Type: ipc.TypeHello, V: ipc.Version, ID: &id, Workers: s.target(), Max: s.opts.MaxMessage,
+		Heartbeat: int(s.opts.Health.Heartbeat / 3 / time.Millisecond),
+	}
 	if err := ch.TrySend(hello); err != nil {
 		ch.Close()
 		theirs.Close()
@@ -55,13 +58,10 @@ func (e *primaryEnd) Message(m ipc.Message) {
 	case ipc.TypeHello:
 		p.speaks.Store(true)
 	case ipc.TypeReady:
-		select {
-		case p.readyMsg <- struct{}{}:
-		default:
-		}
+		p.sl.post(procEvent{p: p, kind: evReady})
 	case ipc.TypeHeartbeat:
 	case ipc.TypeBroadcast:
-		for _, sl := range s.slots {
+		for _, sl := range s.slotList() {
 			if sl.id != p.slot {
 				s.relay(p, sl.id, m.Data)
 			}
@@ -95,8 +95,8 @@ func (e *primaryEnd) bad(err error) {
 // slot to, as herd.message.
 func (s *Supervisor) relay(from *process, to int, data json.RawMessage) {
 	var q *process
-	if to >= 0 && to < len(s.slots) {
-		q = s.slots[to].current.Load()
+	if sl, err := s.slotByID(to); err == nil {
+		q = sl.current.Load()
 	}
 	var err error
 	if q == nil {
@@ -158,7 +158,7 @@ func (s *Supervisor) Broadcast(ctx context.Context, typ string, data any) error 
 		return err
 	}
 	var errs []error
-	for _, sl := range s.slots {
+	for _, sl := range s.slotList() {
 		if err := s.send(ctx, sl.id, m); err != nil && !errors.Is(err, ErrNoWorker) {
 			errs = append(errs, err)
 		}
@@ -167,14 +167,15 @@ func (s *Supervisor) Broadcast(ctx context.Context, typ string, data any) error 
 }
 
 func (s *Supervisor) send(ctx context.Context, id int, m ipc.Message) error {
-	if id < 0 || id >= len(s.slots) {
-		return fmt.Errorf("%w %d: the cluster has workers 0 to %d", ErrNoWorker, id, len(s.slots)-1)
+	sl, err := s.slotByID(id)
+	if err != nil {
+		return err
 	}
-	p := s.slots[id].current.Load()
+	p := sl.current.Load()
 	if p == nil {
 		return fmt.Errorf("%w %d: no worker is running in that slot", ErrNoWorker, id)
 	}
-	err := p.ch.Send(ctx, m)
+	err = p.ch.Send(ctx, m)
 	switch {
 	case errors.Is(err, channel.ErrClosed):
 		return fmt.Errorf("%w %d: the worker has exited", ErrNoWorker, id)

@@ -2,6 +2,7 @@ package herd
 
 import (
 	"fmt"
+	"strings"
 	"io"
 	"log/slog"
 	"runtime"
@@ -72,6 +73,21 @@ type Options struct {
 	// MaxMessage is the longest message, in bytes, either side of a
 	// worker's channel may send; 0 means 1 MiB.
 	MaxMessage int
+	// Ready says when a new worker counts as serving: what a rolling
+	// reload waits for before it stops the worker it replaces.
+	Ready Readiness
+	// Health checks running workers; a worker that fails is replaced.
+	Health HealthCheck
+	// MaxMemory, when positive, replaces a worker whose process group's
+	// resident memory (RSS, summed) exceeds it, in bytes.
+	MaxMemory uint64
+	// MaxLifetime, when positive, replaces each worker after it has run
+	// that long, give or take a random LifetimeJitter, one worker at a time
+	// across the cluster.
+	MaxLifetime    time.Duration
+	LifetimeJitter time.Duration
+	// ReloadBatch is how many workers Reload replaces at once; 0 means 1.
+	ReloadBatch int
 	// OnEvent, if set, is called for every event of every worker: started,
 	// ready, message, exited, restart. It is called from several
 	// goroutines, but never concurrently for one worker, and one worker's
@@ -79,6 +95,119 @@ type Options struct {
 	// worker: while it handles a message the worker's channel is not read,
 	// so the worker's sends slow down instead of piling up in the primary.
 	OnEvent func(Event)
+}
+
+// ReadyMode is how the primary learns that a new worker is serving.
+type ReadyMode string
+
+const (
+	// ReadyAuto: ReadyMessage for a worker that speaks the protocol (it
+	// said herd.hello, as Go library workers do), else ReadyListen for a
+	// worker with sockets, else ready once the command runs.
+	ReadyAuto ReadyMode = "auto"
+	// ReadyMessage: when the worker sends herd.ready.
+	ReadyMessage ReadyMode = "message"
+	// ReadyListen: when the worker's processes wait for connections on
+	// every socket the worker was given, as seen in /proc (epoll sets,
+	// accept, poll and select); no connection is made (Linux only).
+	ReadyListen ReadyMode = "listen"
+	// ReadyHTTP: when GET Path answers 2xx (sent to this worker's own
+	// socket, see HealthCheck).
+	ReadyHTTP ReadyMode = "http"
+	// ReadyDelay: Delay after the command runs.
+	ReadyDelay ReadyMode = "delay"
+)
+
+// Readiness says when a new worker counts as serving.
+type Readiness struct {
+	// Mode is the rule; empty means ReadyAuto.
+	Mode ReadyMode
+	// Path is what ReadyHTTP gets, like "/healthz".
+	Path string
+	// Delay is ReadyDelay's wait.
+	Delay time.Duration
+	// Timeout: a worker not ready this long after its command ran is
+	// killed and counts as a failed start; 0 means 60s.
+	Timeout time.Duration
+}
+
+// String gives the rule the way herd run's --ready takes it.
+func (r Readiness) String() string {
+	switch r.Mode {
+	case ReadyHTTP:
+		return "http:" + r.Path
+	case ReadyDelay:
+		return "delay:" + r.Delay.String()
+	case "":
+		return string(ReadyAuto)
+	}
+	return string(r.Mode)
+}
+
+// ParseReadiness parses a --ready value: auto, message, listen,
+// http:/PATH or delay:DURATION.
+func ParseReadiness(s string) (Readiness, error) {
+	kind, arg, _ := strings.Cut(s, ":")
+	switch ReadyMode(kind) {
+	case ReadyAuto, ReadyMessage, ReadyListen:
+		if arg == "" {
+			return Readiness{Mode: ReadyMode(kind)}, nil
+		}
+	case ReadyHTTP:
+		if strings.HasPrefix(arg, "/") {
+			return Readiness{Mode: ReadyHTTP, Path: arg}, nil
+		}
+	case ReadyDelay:
+		if d, err := time.ParseDuration(arg); err == nil && d >= 0 {
+			return Readiness{Mode: ReadyDelay, Delay: d}, nil
+		}
+	}
+	return Readiness{}, fmt.Errorf("readiness %q: want auto, message, listen, http:/PATH or delay:DURATION", s)
+}
+
+// HealthKind is what a health check does.
+type HealthKind string
+
+const (
+	// HealthHTTP: GET Path on the worker's own socket must answer 2xx.
+	HealthHTTP HealthKind = "http"
+	// HealthTCP: a connection to the worker's own socket must be
+	// established (a weak check: the kernel completes it while the
+	// socket's queue has room).
+	HealthTCP HealthKind = "tcp"
+)
+
+// HealthCheck checks running workers. In reuseport mode each probe
+// reaches the checked worker's own socket: probe connections come from
+// 127.254.0.0/16, which herd's steering program maps to the slot they
+// name. A worker that fails Failures checks in a row is replaced like in a
+// reload (a new one is started; once it is ready the old one is stopped).
+type HealthCheck struct {
+	// Kind is HealthHTTP, HealthTCP or empty for none.
+	Kind HealthKind
+	// Path is what HealthHTTP gets.
+	Path string
+	// Interval between checks; 0 means 10s. Timeout of one check; 0
+	// means 2s. Failures in a row that make a worker unhealthy; 0 means 3.
+	Interval, Timeout time.Duration
+	Failures          int
+	// Heartbeat, when positive, asks workers that speak the protocol to
+	// send herd.heartbeat (every third of it); one silent for longer is
+	// taken for hung and replaced, as gunicorn does with its worker
+	// timeout.
+	Heartbeat time.Duration
+}
+
+// ParseHealth parses a --health value: http:/PATH or tcp.
+func ParseHealth(s string) (HealthCheck, error) {
+	kind, arg, _ := strings.Cut(s, ":")
+	switch {
+	case kind == string(HealthTCP) && arg == "":
+		return HealthCheck{Kind: HealthTCP}, nil
+	case kind == string(HealthHTTP) && strings.HasPrefix(arg, "/"):
+		return HealthCheck{Kind: HealthHTTP, Path: arg}, nil
+	}
+	return HealthCheck{}, fmt.Errorf("health check %q: want http:/PATH or tcp", s)
 }
 
 // RestartPolicy says when a slot whose worker exited unexpectedly starts
@@ -118,6 +247,26 @@ func (o Options) withDefaults() Options {
 	if o.StopSignal == 0 {
 		o.StopSignal = syscall.SIGTERM
 	}
+	if o.Ready.Mode == "" {
+		o.Ready.Mode = ReadyAuto
+	}
+	if o.Ready.Timeout == 0 {
+		o.Ready.Timeout = time.Minute
+	}
+	if h := &o.Health; h.Kind != "" {
+		if h.Interval == 0 {
+			h.Interval = 10 * time.Second
+		}
+		if h.Timeout == 0 {
+			h.Timeout = 2 * time.Second
+		}
+		if h.Failures == 0 {
+			h.Failures = 3
+		}
+	}
+	if o.ReloadBatch == 0 {
+		o.ReloadBatch = 1
+	}
 	r := &o.Restart
 	if r.BackoffInitial == 0 {
 		r.BackoffInitial = 100 * time.Millisecond
@@ -143,8 +292,8 @@ func (o Options) validate() error {
 		return bad("empty worker command")
 	case o.Workers < 1:
 		return bad("workers must be at least 1, got %d", o.Workers)
-	case o.Workers > 4096:
-		return bad("workers must be at most 4096, got %d", o.Workers)
+	case o.Workers > maxWorkers:
+		return bad("workers must be at most %d, got %d", maxWorkers, o.Workers)
 	case o.Balance != BalanceReuseport && o.Balance != BalanceShared:
 		return bad("unknown balance mode %q (want reuseport or shared)", o.Balance)
 	case o.StopTimeout < 0:
@@ -155,6 +304,22 @@ func (o Options) validate() error {
 		return bad("max restarts must not be negative")
 	case o.Restart.Window < 0:
 		return bad("restart window must not be negative")
+	case o.Ready.Mode == ReadyHTTP && !strings.HasPrefix(o.Ready.Path, "/"):
+		return bad("readiness http needs a path starting with /, got %q", o.Ready.Path)
+	case o.Ready.Timeout < 0 || o.Ready.Delay < 0:
+		return bad("readiness delay and timeout must not be negative")
+	case o.Health.Kind != "" && o.Health.Kind != HealthHTTP && o.Health.Kind != HealthTCP:
+		return bad("unknown health check %q (want http or tcp)", o.Health.Kind)
+	case o.Health.Kind == HealthHTTP && !strings.HasPrefix(o.Health.Path, "/"):
+		return bad("health check http needs a path starting with /, got %q", o.Health.Path)
+	case o.Health.Interval < 0 || o.Health.Timeout < 0 || o.Health.Failures < 0 || o.Health.Heartbeat < 0:
+		return bad("health check settings must not be negative")
+	case o.Health.Heartbeat > 0 && o.Health.Heartbeat < 300*time.Millisecond:
+		return bad("heartbeat timeout must be at least 300ms, got %v", o.Health.Heartbeat)
+	case o.MaxLifetime < 0 || o.LifetimeJitter < 0:
+		return bad("lifetime and jitter must not be negative")
+	case o.ReloadBatch < 0:
+		return bad("reload batch must be at least 1, got %d", o.ReloadBatch)
 	case o.MaxMessage < 0 || o.MaxMessage > 1<<30:
 		return bad("message size limit must be between 0 and 1 GiB, got %d", o.MaxMessage)
 	}

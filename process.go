@@ -19,6 +19,7 @@ import (
 type process struct {
 	cmd     *exec.Cmd
 	pid     int
+	sl      *slot
 	slot    int
 	started time.Time
 
@@ -28,8 +29,9 @@ type process struct {
 	// only then are the worker's messages read, so that handlers see a
 	// worker start before they see it speak.
 	gate chan struct{}
-	// readyMsg receives a value when the worker sends herd.ready.
-	readyMsg chan struct{}
+	// gone is closed when the leader has exited; the watchers of this
+	// process (readiness, health) end then.
+	gone chan struct{}
 	// speaks is set once the worker said herd.hello: it is asked to stop
 	// with herd.shutdown instead of the stop signal.
 	speaks atomic.Bool
@@ -39,13 +41,18 @@ type process struct {
 	eventMu sync.Mutex
 	// bad rate-limits log lines about what the worker sends wrong.
 	bad logLimiter
+	// overMemory is set once the worker was reported over MaxMemory.
+	overMemory atomic.Bool
 
-	// execDone receives one value: nil once the worker command runs, or
-	// the reason it could not be exec'ed.
-	execDone chan error
-	// exited receives one value when the process has been reaped and its
-	// output drained.
-	exited chan *os.ProcessState
+	// Owned by the slot's goroutine.
+	running    bool  // the worker command runs (exec succeeded)
+	ready      bool  // it said or showed it serves
+	asked      bool  // it was asked to stop
+	exited     bool  // reaped
+	execErr    error // the trampoline could not exec the command
+	notReady   error // why it was killed before it was ready
+	stopTimer  *time.Timer
+	readyTimer *time.Timer
 
 	// draining makes the waiter give the rest of the group time to finish
 	// after the leader exits, until killed closes.
@@ -55,6 +62,12 @@ type process struct {
 
 	mu     sync.Mutex
 	reaped bool // after this the pgid may belong to someone else
+}
+
+func (p *process) stopReadyTimer() {
+	if p.readyTimer != nil {
+		p.readyTimer.Stop()
+	}
 }
 
 // signalGroup sends sig to the worker's whole process group, unless the
@@ -97,8 +110,9 @@ func workerEnv(base []string, slot, workers int, names []string) []string {
 		"HERD_IPC_FD="+strconv.Itoa(3+len(names)))
 }
 
-// startProcess starts a worker for slot through the exec trampoline.
-func (s *Supervisor) startProcess(slot int) (*process, error) {
+// startProcess starts a worker for sl through the exec trampoline.
+func (s *Supervisor) startProcess(sl *slot) (*process, error) {
+	slot := sl.id
 	files, names := s.sockets.Files(slot)
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
@@ -124,7 +138,7 @@ func (s *Supervisor) startProcess(slot int) (*process, error) {
 	if base == nil {
 		base = os.Environ()
 	}
-	env := workerEnv(base, slot, s.opts.Workers, names)
+	env := workerEnv(base, slot, s.target(), names)
 	cmd, err := reexec.Command(s.path, s.argv, env, 3+len(extra)-1)
 	if err != nil {
 		closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
@@ -149,24 +163,23 @@ func (s *Supervisor) startProcess(slot int) (*process, error) {
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
 	}
 	p := &process{
-		cmd:      cmd,
-		pid:      cmd.Process.Pid,
-		slot:     slot,
-		started:  time.Now(),
-		ch:       ch,
-		gate:     make(chan struct{}),
-		readyMsg: make(chan struct{}, 1),
-		execDone: make(chan error, 1),
-		exited:   make(chan *os.ProcessState, 1),
-		killed:   make(chan struct{}),
+		cmd:     cmd,
+		pid:     cmd.Process.Pid,
+		sl:      sl,
+		slot:    slot,
+		started: time.Now(),
+		ch:      ch,
+		gate:    make(chan struct{}),
+		gone:    make(chan struct{}),
+		killed:  make(chan struct{}),
 	}
 	if s.watchdog != nil {
 		if err := s.watchdog.Watch(p.pid); err != nil {
 			s.log.Warn("the watchdog is gone; workers of a killed primary rely on the parent-death signal alone", "err", err)
 		}
 	}
-	// The waiter is owned by the slot, which always receives from exited
-	// before it ends.
+	// The waiter is owned by the slot, which does not end before it has
+	// received the process's evExited.
 	go s.waitProcess(p, slot, statusR, outR, errR)
 	return p, nil
 }
@@ -180,7 +193,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 
 	execErr := reexec.ReadExecStatus(statusR)
 	statusR.Close()
-	p.execDone <- execErr
+	p.sl.post(procEvent{p: p, kind: evExec, err: execErr})
 	reading := make(chan struct{})
 	if execErr == nil {
 		go func() {
@@ -203,6 +216,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	// is dealt with.
 	settled := waitLeaderExit(p.pid) == nil
 	if settled {
+		close(p.gone)
 		s.settleGroup(p)
 	}
 	p.mu.Lock()
@@ -210,6 +224,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	p.reaped = true
 	p.mu.Unlock()
 	if !settled {
+		close(p.gone)
 		killGroup(p.pid, sigKill) // what the leader left behind
 	}
 	s.ownMu.Lock()
@@ -230,7 +245,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	<-reading
 	p.ch.Close()
 	closeAll(outR, errR)
-	p.exited <- p.cmd.ProcessState
+	p.sl.post(procEvent{p: p, kind: evExited, st: p.cmd.ProcessState})
 }
 
 // settleGroup runs once the leader has exited. During a stop the rest of

@@ -1,6 +1,7 @@
 package herd_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -73,7 +74,7 @@ func TestWorkerShutdownDrainsWithoutFailedRequests(t *testing.T) {
 	const rounds = 4
 	for round := range rounds {
 		time.Sleep(300 * time.Millisecond)
-		if err := s.Restart(round % 2); err != nil {
+		if err := s.Restart(context.Background(), round%2); err != nil {
 			t.Fatal(err)
 		}
 		ev.waitFor(t, "the replacement ready", func() bool { return ev.count(herd.EventReady) >= 3+round })

@@ -19,8 +19,22 @@ import (
 // keeps dying does not keep collecting connections it will not serve.
 const probation = time.Second
 
-// slot is one worker position, 0..N-1. Its run method is the only place
-// that changes the slot's state; other goroutines read snapshots.
+// Errors a replacement (Restart, Reload) can end with.
+var (
+	// ErrBusy means the slot or the cluster is already doing what was
+	// asked (a replacement, a reload, a scale-down in progress).
+	ErrBusy = errors.New("busy")
+	// ErrStopping means the slot is stopping or being retired.
+	ErrStopping = errors.New("stopping")
+	// ErrNotReady means a new worker did not become ready: it exited, or
+	// Readiness.Timeout passed.
+	ErrNotReady = errors.New("new worker did not become ready")
+)
+
+// slot is one worker position, 0..N-1. Its run method owns the slot's
+// processes — the one serving (cur), a replacement being started (next),
+// and old ones being drained — and is the only place that changes their
+// state. Other goroutines send it commands and events, and read snapshots.
 type slot struct {
 	id      int
 	sup     *Supervisor
@@ -28,14 +42,53 @@ type slot struct {
 	backoff *restart.Backoff
 	limit   *restart.Limit
 
-	// current is the slot's worker process, for messages to it; nil while
-	// the slot has none.
+	// current is the slot's serving worker process, for messages to it;
+	// nil while the slot has none.
 	current atomic.Pointer[process]
-	// restartReq asks the slot to replace its worker gracefully.
-	restartReq chan struct{}
+
+	cmds     chan slotCmd
+	events   chan procEvent
+	quit     chan struct{}  // closed when run returns
+	watchers sync.WaitGroup // readiness and health probes of its processes
 
 	mu   sync.Mutex
 	info WorkerInfo
+}
+
+type cmdKind int
+
+const (
+	cmdReplace cmdKind = iota // start a new worker, then drain the old
+	cmdRetire                 // stop for good (scale down)
+)
+
+// slotCmd asks a slot to do something; done (buffered) receives the
+// outcome.
+type slotCmd struct {
+	kind   cmdKind
+	reason string
+	done   chan error
+}
+
+type evKind int
+
+const (
+	evExec      evKind = iota // the trampoline exec'd the command, or failed (err)
+	evReady                   // the worker is serving
+	evNotReady                // it did not become ready in time (err)
+	evExited                  // reaped, output drained (st)
+	evDeadline                // its stop timeout passed
+	evUnhealthy               // health check, heartbeat or memory (err)
+	evRecycle                 // its lifetime is over
+)
+
+// procEvent is something that happened to one of the slot's processes.
+type procEvent struct {
+	p    *process
+	kind evKind
+	err  error
+	st   *os.ProcessState
+	done chan error // evRecycle: the outcome of the replacement
 }
 
 func newSlot(s *Supervisor, id int) *slot {
@@ -47,8 +100,9 @@ func newSlot(s *Supervisor, id int) *slot {
 		backoff: restart.NewBackoff(r.BackoffInitial, r.BackoffMax, r.BackoffReset),
 		limit:   restart.NewLimit(r.MaxRestarts, r.Window),
 		info:    WorkerInfo{ID: id, State: StateExited},
-
-		restartReq: make(chan struct{}, 1),
+		cmds:    make(chan slotCmd),
+		events:  make(chan procEvent, 16),
+		quit:    make(chan struct{}),
 	}
 }
 
@@ -64,192 +118,393 @@ func (sl *slot) publish(f func(*WorkerInfo)) {
 	sl.mu.Unlock()
 }
 
-// run is the slot's state machine. It returns nil after a stop, or the
-// error that must end the whole cluster.
-func (sl *slot) run(stop, kill <-chan struct{}) error {
-	var (
-		p         *process
-		execDone  <-chan error
-		readyMsg  <-chan struct{}
-		exited    <-chan *os.ProcessState
-		restartAt <-chan time.Time // the backoff before the next start
-		deadline  <-chan time.Time // the stop timeout of a draining worker
-		joinAt    <-chan time.Time // probation before steering to it
-		stopping  bool
-		replacing bool  // the worker was asked to stop, to be replaced
-		execErr   error // the trampoline could not exec the command
-		everRan   bool  // some worker of this slot ran the command
-	)
-	start := func() error {
-		np, err := sl.sup.startProcess(sl.id)
-		if err != nil {
-			return err
-		}
-		p, execDone, exited, execErr = np, np.execDone, np.exited, nil
-		readyMsg = nil
-		sl.current.Store(np)
-		sl.publish(func(i *WorkerInfo) {
-			i.PID, i.State, i.Started = np.pid, StateStarting, np.started
-		})
-		return nil
+// post hands the slot an event; after the slot has ended it is dropped.
+func (sl *slot) post(e procEvent) {
+	select {
+	case sl.events <- e:
+	case <-sl.quit:
 	}
-	if err := start(); err != nil {
+}
+
+// ask sends the slot a command and returns the channel its outcome
+// arrives on.
+func (sl *slot) ask(kind cmdKind, reason string) <-chan error {
+	done := make(chan error, 1)
+	select {
+	case sl.cmds <- slotCmd{kind: kind, reason: reason, done: done}:
+	case <-sl.quit:
+		done <- fmt.Errorf("worker %d: %w", sl.id, ErrStopping)
+	}
+	return done
+}
+
+// run is the slot's state machine. It returns nil after a stop or a
+// retirement, or the error that must end the whole cluster.
+func (sl *slot) run(stop, kill <-chan struct{}) error {
+	// Watchers end with their process; quit closes first so that none is
+	// stuck posting to a slot that no longer listens.
+	defer sl.watchers.Wait()
+	defer close(sl.quit)
+	m := &machine{slot: sl}
+	if err := m.startCur(); err != nil {
 		return fmt.Errorf("worker %d: %w", sl.id, err)
 	}
 	for {
 		select {
 		case <-stop:
 			stop = nil
-			stopping = true
-			restartAt, joinAt = nil, nil
-			if p == nil {
-				sl.publish(func(i *WorkerInfo) { i.State = StateExited })
-				return nil
-			}
-			sl.drain(p)
-			deadline = time.After(sl.sup.opts.StopTimeout)
-
-		case <-sl.restartReq:
-			switch {
-			case stopping || replacing:
-			case p == nil: // waiting out a backoff: start now
-				restartAt = sl.restart(start)
-			default:
-				replacing = true
-				joinAt = nil
-				sl.log.Info("replacing worker", "pid", p.pid)
-				sl.drain(p)
-				deadline = time.After(sl.sup.opts.StopTimeout)
-			}
-
+			m.stop(ErrStopping)
 		case <-kill:
 			kill = nil
-			if stopping && p != nil {
-				sl.log.Warn("killing worker", "pid", p.pid)
-				p.kill()
+			if m.stopping {
+				m.killAll()
 			}
-
-		case err := <-execDone:
-			execDone = nil
-			if err != nil {
-				execErr = err
-				if everRan {
-					sl.log.Error("cannot run worker command", "pid", p.pid, "err", err)
-				}
-				break
+		case cmd := <-sl.cmds:
+			m.command(cmd)
+		case e := <-sl.events:
+			if err := m.event(e); err != nil {
+				return err
 			}
-			everRan = true
-			sl.publish(func(i *WorkerInfo) { i.State = StateReady })
-			sl.log.Info("worker started", "pid", p.pid)
-			sl.sup.emit(p, Event{Kind: EventStarted})
-			close(p.gate) // its messages may be read now
-			readyMsg = p.readyMsg
-			if stopping {
-				break
-			}
-			if sl.backoff.Failures() >= 2 {
-				joinAt = time.After(probation)
-			} else {
-				sl.sup.setLive(sl.id, true)
-			}
-
-		case <-readyMsg:
-			readyMsg = nil
-			sl.sup.emit(p, Event{Kind: EventReady})
-
-		case <-joinAt:
-			joinAt = nil
+		case <-m.restartAt:
+			m.restartAt = nil
+			m.restart()
+		case <-m.joinAt:
+			m.joinAt = nil
 			sl.sup.setLive(sl.id, true)
+		}
+		if m.stopping && m.empty() {
+			sl.publish(func(i *WorkerInfo) { i.PID, i.NextPID, i.State = 0, 0, StateExited })
+			if m.retired != nil {
+				m.retired.done <- nil
+			}
+			return nil
+		}
+	}
+}
 
-		case st := <-exited:
-			exited, execDone, readyMsg, joinAt, deadline = nil, nil, nil, nil, nil
-			sl.sup.setLive(sl.id, false)
-			sl.current.CompareAndSwap(p, nil)
-			uptime := time.Since(p.started)
-			status := describeExit(st)
-			sl.publish(func(i *WorkerInfo) {
-				i.PID, i.State, i.LastExit = 0, StateExited, status
-			})
-			pid, gone := p.pid, p
-			p = nil
-			if everRan {
-				sl.sup.emit(gone, Event{Kind: EventExited, Status: status, Code: st.ExitCode(), Expected: stopping || replacing, Uptime: uptime})
-			}
-			if execErr != nil && !everRan {
-				// Reported once, by the error Run returns; there is no
-				// worker exit to speak of.
-				if stopping {
-					return nil
-				}
-				return fmt.Errorf("worker %d: %w: %w", sl.id, ErrCannotStart, execErr)
-			}
-			if stopping {
-				sl.log.Info("worker stopped", "pid", pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
-				return nil
-			}
-			if replacing {
-				replacing = false
-				sl.log.Info("worker stopped", "pid", pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
-				restartAt = sl.restart(start)
-				break
-			}
-			sl.log.Warn("worker exited", "pid", pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
-			if !sl.limit.Allow(time.Now()) {
-				r := sl.sup.opts.Restart
-				return fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",
-					sl.id, ErrCrashLoop, r.MaxRestarts, r.Window, status)
-			}
-			delay := sl.backoff.Next(uptime)
-			sl.publish(func(i *WorkerInfo) { i.Restarts++ })
-			sl.sup.emit(gone, Event{Kind: EventRestart, Delay: delay})
-			if delay > 0 {
-				sl.log.Warn("worker is crash-looping", "exits_in_a_row", sl.backoff.Failures(), "next_start_in", delay.Round(time.Millisecond).String())
-				restartAt = time.After(delay)
-				break
-			}
-			restartAt = sl.restart(start)
+// machine is the state run keeps; only run's goroutine touches it.
+type machine struct {
+	*slot
+	cur, next *process
+	old       []*process // asked to stop, not yet exited
 
-		case <-restartAt:
-			restartAt = sl.restart(start)
+	pending   *slotCmd // the replacement next is for
+	restartAt <-chan time.Time
+	joinAt    <-chan time.Time
+	stopping  bool // stopping or retiring: no new worker starts
+	retired   *slotCmd
+	everRan   bool // some worker of this slot ran the command
+}
 
-		case <-deadline:
-			deadline = nil
-			sl.log.Warn("worker did not stop in time; killing its process group", "pid", p.pid, "timeout", sl.sup.opts.StopTimeout.String())
+func (m *machine) empty() bool { return m.cur == nil && m.next == nil && len(m.old) == 0 }
+
+// startCur starts the slot's worker when it has none.
+func (m *machine) startCur() error {
+	p, err := m.sup.startProcess(m.slot)
+	if err != nil {
+		return err
+	}
+	m.cur = p
+	m.current.Store(p)
+	m.publish(func(i *WorkerInfo) {
+		i.PID, i.State, i.Started, i.Ready = p.pid, StateStarting, p.started, false
+	})
+	return nil
+}
+
+// restart starts the next worker after an exit. A failure to spawn (out
+// of processes or file descriptors) is usually passing, so it is retried
+// after a backoff delay rather than ending the cluster.
+func (m *machine) restart() {
+	if m.stopping || m.cur != nil {
+		return
+	}
+	if err := m.startCur(); err != nil {
+		delay := max(m.backoff.Next(0), m.sup.opts.Restart.BackoffInitial)
+		m.log.Error("cannot start worker", "err", err, "next_start_in", delay.Round(time.Millisecond).String())
+		m.restartAt = time.After(delay)
+	}
+}
+
+func (m *machine) command(cmd slotCmd) {
+	switch {
+	case m.stopping:
+		cmd.done <- fmt.Errorf("worker %d: %w", m.id, ErrStopping)
+	case cmd.kind == cmdRetire:
+		m.retired = &cmd
+		m.stop(fmt.Errorf("worker %d is being retired", m.id))
+	case m.pending != nil || m.next != nil:
+		cmd.done <- fmt.Errorf("worker %d: %w: a replacement is already starting", m.id, ErrBusy)
+	case m.cur == nil:
+		// Waiting out a backoff: start now; the new worker being ready
+		// completes the command.
+		m.restartAt = nil
+		m.pending = &cmd
+		m.restart()
+		if m.cur == nil {
+			m.finish(fmt.Errorf("worker %d: cannot start a worker now", m.id))
+		}
+	default:
+		p, err := m.sup.startProcess(m.slot)
+		if err != nil {
+			cmd.done <- fmt.Errorf("worker %d: %w", m.id, err)
+			return
+		}
+		m.log.Info("starting a replacement", "reason", cmd.reason, "pid", p.pid, "old_pid", m.cur.pid)
+		m.next, m.pending = p, &cmd
+		m.publish(func(i *WorkerInfo) { i.NextPID = p.pid })
+	}
+}
+
+// finish ends the pending replacement with err (nil: done).
+func (m *machine) finish(err error) {
+	if m.pending == nil {
+		return
+	}
+	if m.pending.done != nil {
+		m.pending.done <- err
+	}
+	m.pending = nil
+}
+
+// stop drains every process of the slot; the slot ends when they are gone.
+func (m *machine) stop(why error) {
+	m.stopping = true
+	m.restartAt, m.joinAt = nil, nil
+	m.finish(why)
+	for _, p := range []*process{m.next, m.cur} {
+		if p != nil {
+			m.drain(p)
+		}
+	}
+}
+
+func (m *machine) killAll() {
+	for _, p := range append([]*process{m.cur, m.next}, m.old...) {
+		if p != nil {
+			m.log.Warn("killing worker", "pid", p.pid)
 			p.kill()
 		}
 	}
 }
 
-// restart starts the next worker. A failure to spawn (out of processes or
-// file descriptors) is usually passing, so it is retried after a backoff
-// delay rather than ending the cluster; the returned channel fires then.
-func (sl *slot) restart(start func() error) <-chan time.Time {
-	err := start()
-	if err == nil {
-		return nil
-	}
-	delay := max(sl.backoff.Next(0), sl.sup.opts.Restart.BackoffInitial)
-	sl.log.Error("cannot start worker", "err", err, "next_start_in", delay.Round(time.Millisecond).String())
-	return time.After(delay)
-}
-
 // drain asks p to stop: with herd.shutdown if it speaks the protocol,
-// else with the stop signal to its whole process group.
-func (sl *slot) drain(p *process) {
-	sl.sup.setLive(sl.id, false)
+// else with the stop signal to its whole process group. It is killed when
+// the stop timeout passes.
+func (m *machine) drain(p *process) {
+	if p.asked {
+		return
+	}
+	p.asked = true
+	if p == m.cur {
+		m.sup.setLive(m.id, false)
+		m.publish(func(i *WorkerInfo) { i.State = StateDraining })
+	}
 	p.draining.Store(true)
-	sl.publish(func(i *WorkerInfo) { i.State = StateDraining })
 	asked := p.speaks.Load() && p.ch.TrySend(ipc.Message{Type: ipc.TypeShutdown}) == nil
 	if !asked {
-		if err := p.signalGroup(sl.sup.opts.StopSignal); err != nil && !errors.Is(err, syscall.ESRCH) {
-			sl.log.Warn("cannot signal worker", "pid", p.pid, "err", err)
+		if err := p.signalGroup(m.sup.opts.StopSignal); err != nil && !errors.Is(err, syscall.ESRCH) {
+			m.log.Warn("cannot signal worker", "pid", p.pid, "err", err)
 		}
 	}
+	p.stopTimer = time.AfterFunc(m.sup.opts.StopTimeout, func() { m.post(procEvent{p: p, kind: evDeadline}) })
 	select {
-	case <-sl.sup.killCh:
+	case <-m.sup.killCh:
 		p.kill()
 	default:
 	}
+}
+
+// event handles what happened to one of the slot's processes. It returns
+// an error only when the whole cluster must end.
+func (m *machine) event(e procEvent) error {
+	p := e.p
+	switch e.kind {
+	case evExec:
+		if e.err != nil {
+			p.execErr = e.err
+			if m.everRan {
+				m.log.Error("cannot run worker command", "pid", p.pid, "err", e.err)
+			}
+			return nil
+		}
+		m.everRan, p.running = true, true
+		m.log.Info("worker started", "pid", p.pid)
+		m.sup.emit(p, Event{Kind: EventStarted})
+		close(p.gate) // its messages may be read now
+		if !p.asked {
+			m.sup.watchReadiness(p)
+		}
+
+	case evReady:
+		if p.ready || p.asked {
+			return nil
+		}
+		p.ready = true
+		p.stopReadyTimer()
+		m.log.Info("worker ready", "pid", p.pid, "after", time.Since(p.started).Round(time.Millisecond).String())
+		m.sup.emit(p, Event{Kind: EventReady})
+		m.sup.watchHealth(p)
+		if p == m.next {
+			m.promote()
+			return nil
+		}
+		if p == m.cur {
+			m.publish(func(i *WorkerInfo) { i.State, i.Ready = StateReady, true })
+			if m.backoff.Failures() >= 2 {
+				m.joinAt = time.After(probation)
+			} else {
+				m.sup.setLive(m.id, true)
+			}
+			m.finish(nil) // a replacement asked while the slot had no worker
+		}
+
+	case evNotReady:
+		if p.ready || p.asked {
+			return nil
+		}
+		m.log.Error("worker did not become ready; killing it", "pid", p.pid, "err", e.err)
+		p.notReady = e.err
+		p.kill()
+
+	case evUnhealthy, evRecycle:
+		if p != m.cur || p.asked || m.stopping {
+			return nil
+		}
+		if m.next != nil {
+			return nil // being replaced already
+		}
+		reason := "lifetime"
+		if e.kind == evUnhealthy {
+			reason = e.err.Error()
+			m.log.Warn("worker is unhealthy; replacing it", "pid", p.pid, "reason", reason)
+		}
+		m.command(slotCmd{kind: cmdReplace, reason: reason, done: e.done})
+
+	case evDeadline:
+		if !p.exited {
+			m.log.Warn("worker did not stop in time; killing its process group", "pid", p.pid, "timeout", m.sup.opts.StopTimeout.String())
+			p.kill()
+		}
+
+	case evExited:
+		return m.exited(p, e.st)
+	}
+	return nil
+}
+
+// promote makes the ready replacement the slot's worker and drains the
+// one it replaces.
+func (m *machine) promote() {
+	old := m.cur
+	m.cur, m.next = m.next, nil
+	m.current.Store(m.cur)
+	m.publish(func(i *WorkerInfo) {
+		i.PID, i.NextPID, i.State, i.Started, i.Ready = m.cur.pid, 0, StateReady, m.cur.started, true
+	})
+	m.sup.setLive(m.id, true)
+	if old != nil {
+		m.old = append(m.old, old)
+		m.drain(old)
+	}
+	m.finish(nil)
+}
+
+func (m *machine) exited(p *process, st *os.ProcessState) error {
+	p.exited = true
+	if p.stopTimer != nil {
+		p.stopTimer.Stop()
+	}
+	p.stopReadyTimer()
+	uptime := time.Since(p.started)
+	status := describeExit(st)
+	expected := p.asked
+	if p.running {
+		m.sup.emit(p, Event{Kind: EventExited, Status: status, Code: st.ExitCode(), Expected: expected, Uptime: uptime})
+	}
+	logExit := func(msg string) {
+		m.log.Info(msg, "pid", p.pid, "status", status, "uptime", uptime.Round(time.Millisecond).String())
+	}
+	switch {
+	case m.removeOld(p):
+		logExit("worker stopped")
+		return nil
+
+	case p == m.next:
+		m.next = nil
+		m.publish(func(i *WorkerInfo) { i.NextPID = 0 })
+		why := p.notReady
+		if why == nil {
+			why = fmt.Errorf("it exited first (%s)", status)
+		}
+		if !expected {
+			m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "err", why)
+		}
+		m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
+		return nil
+	}
+
+	// p is the slot's worker.
+	m.cur = nil
+	m.current.CompareAndSwap(p, nil)
+	m.sup.setLive(m.id, false)
+	m.joinAt = nil
+	m.publish(func(i *WorkerInfo) {
+		i.PID, i.State, i.LastExit, i.Ready = 0, StateExited, status, false
+	})
+	if p.execErr != nil && !m.everRan {
+		// Reported once, by the error Run returns; there is no worker
+		// exit to speak of.
+		if m.stopping {
+			return nil
+		}
+		return fmt.Errorf("worker %d: %w: %w", m.id, ErrCannotStart, p.execErr)
+	}
+	if m.stopping {
+		logExit("worker stopped")
+		return nil
+	}
+	m.log.Warn("worker exited", "pid", p.pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
+	if !m.limit.Allow(time.Now()) {
+		r := m.sup.opts.Restart
+		return fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",
+			m.id, ErrCrashLoop, r.MaxRestarts, r.Window, status)
+	}
+	m.publish(func(i *WorkerInfo) { i.Restarts++ })
+	if m.next != nil {
+		// A replacement is starting already: it takes over.
+		m.cur, m.next = m.next, nil
+		m.current.Store(m.cur)
+		m.publish(func(i *WorkerInfo) {
+			i.PID, i.NextPID, i.State, i.Started = m.cur.pid, 0, StateStarting, m.cur.started
+		})
+		return nil
+	}
+	delay := m.backoff.Next(uptime)
+	m.sup.emit(p, Event{Kind: EventRestart, Delay: delay})
+	why := p.notReady
+	if why == nil {
+		why = fmt.Errorf("it exited first (%s)", status)
+	}
+	m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
+	if delay > 0 {
+		m.log.Warn("worker is crash-looping", "exits_in_a_row", m.backoff.Failures(), "next_start_in", delay.Round(time.Millisecond).String())
+		m.restartAt = time.After(delay)
+		m.sup.rescue(m.id)
+		return nil
+	}
+	m.restart()
+	return nil
+}
+
+func (m *machine) removeOld(p *process) bool {
+	for i, q := range m.old {
+		if q == p {
+			m.old = append(m.old[:i], m.old[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func signalName(sig syscall.Signal) string {

@@ -6,11 +6,11 @@ import "time"
 type WorkerState int
 
 const (
-	// StateStarting: the process exists but is not yet running the
-	// worker command.
+	// StateStarting: the worker is not serving yet: its command is not
+	// running yet, or it is not ready (Options.Ready). Connections that
+	// arrive meanwhile queue for it.
 	StateStarting WorkerState = iota
-	// StateReady: the worker command is running; its sockets were open
-	// before it started, so connections that arrive meanwhile queue for it.
+	// StateReady: the worker is serving.
 	StateReady
 	// StateDraining: the worker was asked to stop and has not exited yet.
 	StateDraining
@@ -42,4 +42,22 @@ type WorkerInfo struct {
 	// LastExit describes how the previous worker ended ("exit status 1",
 	// "signal: killed"), empty if none has.
 	LastExit string
+	// Ready says the worker passed its readiness rule (Options.Ready).
+	Ready bool
+	// NextPID is the replacement being started (a reload, a restart, an
+	// unhealthy worker), 0 when none is.
+	NextPID int
+	// RSS is the resident memory of the worker's process group in bytes,
+	// and CPU its CPU use in percent of one core, as last sampled (every
+	// two seconds).
+	RSS uint64
+	CPU float64
+}
+
+// Uptime is how long the current worker has run; 0 when there is none.
+func (w WorkerInfo) Uptime() time.Duration {
+	if w.PID == 0 || w.Started.IsZero() {
+		return 0
+	}
+	return time.Since(w.Started)
 }

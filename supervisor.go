@@ -2,6 +2,7 @@ package herd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/herd-sh/herd/internal/logpump"
 	"github.com/herd-sh/herd/internal/reaper"
@@ -27,7 +29,21 @@ type Supervisor struct {
 	sockets *sockets.Set
 	stdout  *logpump.Sink
 	stderr  *logpump.Sink
-	slots   []*slot
+	history *logpump.Ring // recent worker output, for Output
+
+	// slots is the current slots, in id order; Run's goroutine replaces
+	// it when the cluster scales, everyone else reads it.
+	slots    atomic.Pointer[[]*slot]
+	want     atomic.Int64 // the number of slots asked for: HERD_WORKERS
+	running  atomic.Bool
+	scaleReq chan scaleReq
+	reloadMu sync.Mutex
+	// recycling is the token a worker past its lifetime holds while it is
+	// replaced, so that workers are recycled one at a time.
+	recycling chan struct{}
+	// probeGroup is the listener health and readiness probes connect to.
+	probeGroup int
+	rescues    rescuer
 
 	ran      atomic.Bool
 	closeMu  sync.Mutex
@@ -45,6 +61,11 @@ type Supervisor struct {
 
 	steerMu sync.Mutex
 	live    []bool // per slot: new connections may be steered to it
+}
+
+type scaleReq struct {
+	n    int
+	done chan error
 }
 
 // ListenerInfo describes one listener the primary holds.
@@ -87,16 +108,25 @@ func New(opts Options) (*Supervisor, error) {
 		return nil, err
 	}
 	s := &Supervisor{
-		opts:    opts,
-		path:    path,
-		argv:    argv,
-		sockets: set,
-		killCh:  make(chan struct{}),
-		own:     make(map[int]bool),
-		live:    make([]bool, opts.Workers),
+		opts:      opts,
+		path:      path,
+		argv:      argv,
+		sockets:   set,
+		killCh:    make(chan struct{}),
+		own:       make(map[int]bool),
+		live:      make([]bool, opts.Workers),
+		scaleReq:  make(chan scaleReq),
+		recycling: make(chan struct{}, 1),
+	}
+	if err := s.findProbeGroup(); err != nil {
+		set.Close()
+		return nil, err
 	}
 	s.stdout = logpump.NewSink(orDefault(opts.Stdout, os.Stdout), format, "stdout", 0)
 	s.stderr = logpump.NewSink(orDefault(opts.Stderr, os.Stderr), format, "stderr", 0)
+	s.history = logpump.NewRing(0, 0)
+	s.stdout.SetRing(s.history)
+	s.stderr.SetRing(s.history)
 	s.log = opts.Logger
 	if s.log == nil {
 		if format == logpump.JSON {
@@ -105,9 +135,12 @@ func New(opts Options) (*Supervisor, error) {
 			s.log = slog.New(slog.NewTextHandler(s.stderr, nil))
 		}
 	}
-	for i := range opts.Workers {
-		s.slots = append(s.slots, newSlot(s, i))
+	slots := make([]*slot, opts.Workers)
+	for i := range slots {
+		slots[i] = newSlot(s, i)
 	}
+	s.slots.Store(&slots)
+	s.want.Store(int64(opts.Workers))
 	return s, nil
 }
 
@@ -144,27 +177,134 @@ func (s *Supervisor) Listeners() []ListenerInfo {
 	return out
 }
 
+// findProbeGroup picks the listener that readiness and health probes
+// connect to, when the options need one.
+func (s *Supervisor) findProbeGroup() error {
+	o := s.opts
+	if o.Ready.Mode != ReadyHTTP && o.Health.Kind == "" {
+		return nil
+	}
+	for g := range s.sockets.Groups {
+		if _, _, ok := s.sockets.ProbeTarget(g, 0); ok {
+			s.probeGroup = g
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: HTTP readiness and health checks need a TCP listener (IPv4 or dual-stack) in --balance reuseport mode, so that each probe reaches the worker it checks", ErrBadOptions)
+}
+
+// target is the number of workers asked for, which new workers get as
+// HERD_WORKERS.
+func (s *Supervisor) target() int { return int(s.want.Load()) }
+
+// slotList is the current slots, in id order.
+func (s *Supervisor) slotList() []*slot { return *s.slots.Load() }
+
 // Workers returns a snapshot of every worker slot.
 func (s *Supervisor) Workers() []WorkerInfo {
-	out := make([]WorkerInfo, len(s.slots))
-	for i, sl := range s.slots {
+	slots := s.slotList()
+	out := make([]WorkerInfo, len(slots))
+	for i, sl := range slots {
 		out[i] = sl.snapshot()
 	}
 	return out
 }
 
-// Restart replaces worker id gracefully: the worker is asked to stop
-// (herd.shutdown, or the stop signal), then a new one starts in its slot.
-// It returns once the slot has the request; Workers shows the progress.
-func (s *Supervisor) Restart(id int) error {
-	if id < 0 || id >= len(s.slots) {
-		return fmt.Errorf("%w %d: the cluster has workers 0 to %d", ErrNoWorker, id, len(s.slots)-1)
+// slotByID returns slot id, or an error wrapping ErrNoWorker.
+func (s *Supervisor) slotByID(id int) (*slot, error) {
+	slots := s.slotList()
+	if id < 0 || id >= len(slots) {
+		return nil, fmt.Errorf("%w %d: the cluster has workers 0 to %d", ErrNoWorker, id, len(slots)-1)
+	}
+	return slots[id], nil
+}
+
+// Restart replaces worker id gracefully: a new worker starts in its slot,
+// and once it is ready (Options.Ready) the old one is asked to stop
+// (herd.shutdown, or the stop signal). It returns when the new worker
+// serves, or why it could not (ErrNotReady: the old one keeps serving).
+func (s *Supervisor) Restart(ctx context.Context, id int) error {
+	if !s.running.Load() {
+		return ErrNotRunning
+	}
+	sl, err := s.slotByID(id)
+	if err != nil {
+		return err
 	}
 	select {
-	case s.slots[id].restartReq <- struct{}{}:
-	default: // one is pending already
+	case err := <-sl.ask(cmdReplace, "restart"):
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
+}
+
+// Reload replaces every worker, Options.ReloadBatch at a time, each as
+// Restart does: no request need fail, since a worker stops only once its
+// replacement serves. If a new worker does not become ready the reload
+// stops there and the workers not yet replaced keep serving. Only one
+// reload runs at a time (ErrBusy).
+func (s *Supervisor) Reload(ctx context.Context) error {
+	if !s.running.Load() {
+		return ErrNotRunning
+	}
+	if !s.reloadMu.TryLock() {
+		return fmt.Errorf("%w: a reload is already running", ErrBusy)
+	}
+	defer s.reloadMu.Unlock()
+	slots := s.slotList()
+	batch := s.opts.ReloadBatch
+	begin := time.Now()
+	s.log.Info("reloading", "workers", len(slots), "batch", batch)
+	for i := 0; i < len(slots); i += batch {
+		group := slots[i:min(i+batch, len(slots))]
+		dones := make([]<-chan error, len(group))
+		for j, sl := range group {
+			dones[j] = sl.ask(cmdReplace, "reload")
+		}
+		var errs []error
+		for _, done := range dones {
+			select {
+			case err := <-done:
+				if err != nil && !errors.Is(err, ErrStopping) {
+					errs = append(errs, err)
+				}
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		if len(errs) > 0 {
+			err := fmt.Errorf("reload stopped after %d of %d workers; the others keep serving: %w", i, len(slots), errors.Join(errs...))
+			s.log.Error("reload failed", "err", err)
+			return err
+		}
+	}
+	s.log.Info("reloaded", "workers", len(slots), "took", time.Since(begin).Round(time.Millisecond).String())
 	return nil
+}
+
+// Scale sets the number of workers to n: new slots start at once, and the
+// highest slots above n are drained and removed. It returns when the new
+// slots are started and the removed ones asked to stop.
+func (s *Supervisor) Scale(ctx context.Context, n int) error {
+	if n < 1 || n > maxWorkers {
+		return fmt.Errorf("%w: workers must be between 1 and %d, got %d", ErrBadOptions, maxWorkers, n)
+	}
+	if !s.running.Load() {
+		return ErrNotRunning
+	}
+	req := scaleReq{n: n, done: make(chan error, 1)}
+	select {
+	case s.scaleReq <- req:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 }
 
 // Kill makes a stop in progress (or the next one) kill the workers' process
@@ -216,11 +356,27 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 
 	stop := make(chan struct{})
-	results := make(chan error, len(s.slots))
+	results := make(chan slotResult)
 	var slots sync.WaitGroup
-	for _, sl := range s.slots {
-		slots.Go(func() { results <- sl.run(stop, s.killCh) })
+	runSlot := func(sl *slot) {
+		slots.Go(func() { results <- slotResult{sl, sl.run(stop, s.killCh)} })
 	}
+	running := map[*slot]bool{}  // every slot whose run has not returned
+	retiring := map[int]*slot{} // removed by a scale-down, still draining
+	for _, sl := range s.slotList() {
+		running[sl] = true
+		runSlot(sl)
+	}
+	s.running.Store(true)
+	defer s.running.Store(false)
+	defer s.rescues.close()
+
+	var sampling sync.WaitGroup
+	sampleCtx, stopSampling := context.WithCancel(context.Background())
+	sampling.Go(func() { s.sample(sampleCtx) })
+	defer sampling.Wait()
+	defer stopSampling()
+
 	var first error
 	stopping := false
 	stopAll := func() {
@@ -230,7 +386,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 	}
 	done := ctx.Done()
-	for remaining := len(s.slots); remaining > 0; {
+	for len(running) > 0 {
 		select {
 		case <-done:
 			done = nil
@@ -238,18 +394,86 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.log.Info("stopping", "signal", signalName(s.opts.StopSignal), "timeout", s.opts.StopTimeout.String())
 			}
 			stopAll()
-		case err := <-results:
-			remaining--
-			if err != nil && first == nil {
+		case r := <-results:
+			delete(running, r.sl)
+			if retiring[r.sl.id] == r.sl {
+				delete(retiring, r.sl.id)
+				s.rescue(r.sl.id)
+				continue
+			}
+			if r.err != nil && first == nil {
 				// The caller reports err; logging it too would say it twice.
-				first = err
+				first = r.err
 				stopAll()
 			}
+		case req := <-s.scaleReq:
+			if stopping {
+				req.done <- fmt.Errorf("scale: %w", ErrStopping)
+				continue
+			}
+			req.done <- s.scale(req.n, retiring, func(sl *slot) {
+				running[sl] = true
+				runSlot(sl)
+			})
 		}
 	}
 	slots.Wait()
 	s.log.Info("stopped")
 	return first
+}
+
+type slotResult struct {
+	sl  *slot
+	err error
+}
+
+// maxWorkers bounds Workers and Scale.
+const maxWorkers = 4096
+
+// scale changes the number of slots to n. It runs on Run's goroutine:
+// start runs a new slot; retiring holds the slots a scale-down removed
+// and that have not ended yet.
+func (s *Supervisor) scale(n int, retiring map[int]*slot, start func(*slot)) error {
+	old := s.slotList()
+	if n == len(old) {
+		return nil
+	}
+	if n > len(old) {
+		for id := len(old); id < n; id++ {
+			if retiring[id] != nil {
+				return fmt.Errorf("scale to %d: %w: worker %d is still stopping from an earlier scale-down", n, ErrBusy, id)
+			}
+		}
+		if err := s.sockets.Grow(n); err != nil {
+			return fmt.Errorf("scale to %d: %w", n, err)
+		}
+		s.steerMu.Lock()
+		for len(s.live) < n {
+			s.live = append(s.live, false)
+		}
+		s.steerMu.Unlock()
+		s.want.Store(int64(n))
+		slots := append(old[:len(old):len(old)], make([]*slot, n-len(old))...)
+		for id := len(old); id < n; id++ {
+			slots[id] = newSlot(s, id)
+		}
+		s.slots.Store(&slots)
+		for _, sl := range slots[len(old):] {
+			start(sl)
+		}
+		s.log.Info("scaled up", "workers", n, "was", len(old))
+		return nil
+	}
+	s.want.Store(int64(n))
+	kept := old[:n:n]
+	s.slots.Store(&kept)
+	for _, sl := range old[n:] {
+		retiring[sl.id] = sl
+		s.setLive(sl.id, false)
+		sl.ask(cmdRetire, "scale down")
+	}
+	s.log.Info("scaled down", "workers", n, "was", len(old))
+	return nil
 }
 
 func (s *Supervisor) isOwn(pid int) bool {
@@ -263,7 +487,7 @@ func (s *Supervisor) isOwn(pid int) bool {
 func (s *Supervisor) setLive(slot int, live bool) {
 	s.steerMu.Lock()
 	defer s.steerMu.Unlock()
-	if s.live[slot] == live {
+	if slot >= len(s.live) || s.live[slot] == live {
 		return
 	}
 	s.live[slot] = live
@@ -291,4 +515,49 @@ func (s *Supervisor) Close() error {
 	s.stdout.Close()
 	s.stderr.Close()
 	return err
+}
+
+// OutputLine is one line a worker wrote on its stdout or stderr.
+type OutputLine struct {
+	Time        time.Time
+	Worker, PID int
+	// Stream is "stdout" or "stderr"; "herd" for Output's own notices.
+	Stream string
+	Text   string
+}
+
+// Output calls fn with the last backlog lines the workers wrote, oldest
+// first (the primary keeps the last 1000 lines or 1 MiB), and, with follow,
+// with every new line until ctx ends or fn returns an error, which Output
+// returns. A follower that falls behind misses lines: fn then gets a
+// notice on Stream "herd" saying how many.
+func (s *Supervisor) Output(ctx context.Context, backlog int, follow bool, fn func(OutputLine) error) error {
+	conv := func(l logpump.Line) OutputLine {
+		return OutputLine{Time: l.Time, Worker: l.Worker, PID: l.PID, Stream: l.Stream, Text: l.Text}
+	}
+	if !follow {
+		for _, l := range s.history.Last(backlog) {
+			if err := fn(conv(l)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	f := s.history.Follow(backlog)
+	for {
+		lines, dropped, err := f.Next(ctx)
+		if err != nil {
+			return nil // ctx ended: the follower is done
+		}
+		if dropped > 0 {
+			if err := fn(OutputLine{Time: time.Now(), Worker: -1, Stream: "herd", Text: fmt.Sprintf("%d lines were dropped: this reader did not keep up", dropped)}); err != nil {
+				return err
+			}
+		}
+		for _, l := range lines {
+			if err := fn(conv(l)); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -107,26 +107,30 @@ func Start(opts Options) (*Worker, error) {
 	if w.opts.DrainGrace <= 0 {
 		w.opts.DrainGrace = time.Second
 	}
-	if err := w.takeListeners(); err != nil {
-		return nil, err
-	}
+	// The hello goes out before the sockets are taken: a primary that
+	// watches for the sockets being accepted on knows by then that this
+	// worker will say herd.ready itself.
 	if v := os.Getenv("HERD_IPC_FD"); v != "" {
 		fd, err := strconv.Atoi(v)
 		if err != nil || fd < 3 {
-			w.closeListeners()
 			return nil, fmt.Errorf("HERD_IPC_FD=%q: not a descriptor number", v)
 		}
 		if w.ch, err = channel.FromFD(fd, 0); err != nil {
-			w.closeListeners()
 			return nil, err
 		}
 		os.Unsetenv("HERD_IPC_FD")
+		w.ch.TrySend(ipc.Message{Type: ipc.TypeHello, V: ipc.Version})
+	}
+	if err := w.takeListeners(); err != nil {
+		if w.ch != nil {
+			w.ch.Close()
+		}
+		return nil, err
 	}
 	w.ctx, w.cancel = context.WithCancelCause(context.Background())
 	signal.Notify(w.sigs, syscall.SIGTERM, syscall.SIGINT)
 	w.wg.Go(w.watchSignals)
 	if w.ch != nil {
-		w.ch.TrySend(ipc.Message{Type: ipc.TypeHello, V: ipc.Version})
 		w.wg.Go(w.read)
 	}
 	return w, nil
@@ -262,6 +266,23 @@ func (w *Worker) read() {
 	w.cancel(ErrPrimaryGone)
 }
 
+// heartbeat tells the primary every so often that this worker is alive,
+// as the primary asked in herd.hello (herd run --heartbeat-timeout).
+func (w *Worker) heartbeat(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if w.ch.TrySend(ipc.Message{Type: ipc.TypeHeartbeat}) == channel.ErrClosed {
+				return
+			}
+		case <-w.closed:
+			return
+		}
+	}
+}
+
 func (w *Worker) watchSignals() {
 	select {
 	case sig := <-w.sigs:
@@ -301,6 +322,10 @@ func (e *workerEnd) Message(m ipc.Message) {
 			fmt.Fprintf(os.Stderr, "herd worker: the primary calls this worker %d, HERD_WORKER_ID says %d\n", *m.ID, w.id)
 		}
 		w.ch.SetMax(m.Max)
+		if m.Heartbeat > 0 {
+			every := time.Duration(m.Heartbeat) * time.Millisecond
+			w.wg.Go(func() { w.heartbeat(every) })
+		}
 	case ipc.TypeShutdown:
 		w.cancel(ErrShutdown)
 	case ipc.TypeMessage:

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -81,8 +82,8 @@ type sendArgs struct {
 	Message json.RawMessage `json:"message"`
 }
 
-// serveControl answers client commands for sup.
-func serveControl(sup *herd.Supervisor) control.Handler {
+// serveControl answers client commands for sup; stop ends the cluster.
+func serveControl(sup *herd.Supervisor, stop func()) control.Handler {
 	return func(ctx context.Context, req control.Request, reply func(any) error) error {
 		switch req.Cmd {
 		case "send":
@@ -102,9 +103,116 @@ func serveControl(sup *herd.Supervisor) control.Handler {
 				return fmt.Errorf("send: worker %q is not an id or \"all\"", a.To)
 			}
 			return sup.Send(ctx, id, typ, data)
+		case "status":
+			return reply(statusOf(sup))
+		case "reload":
+			return sup.Reload(ctx)
+		case "restart":
+			var a struct{ Worker int }
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return fmt.Errorf("restart: bad arguments: %w", err)
+			}
+			return sup.Restart(ctx, a.Worker)
+		case "scale":
+			var a struct{ To string }
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return fmt.Errorf("scale: bad arguments: %w", err)
+			}
+			n, err := scaleTarget(a.To, len(sup.Workers()))
+			if err != nil {
+				return err
+			}
+			return sup.Scale(ctx, n)
+		case "stop":
+			stop()
+			return nil
+		case "logs":
+			var a struct {
+				Lines  int
+				Follow bool
+			}
+			if err := json.Unmarshal(req.Args, &a); err != nil {
+				return fmt.Errorf("logs: bad arguments: %w", err)
+			}
+			return sup.Output(ctx, a.Lines, a.Follow, func(l herd.OutputLine) error { return reply(outputView(l)) })
 		}
 		return fmt.Errorf("unknown command %q (this herd is too old or too new for the client?)", req.Cmd)
 	}
+}
+
+// scaleTarget turns "N", "+K" or "-K" into a number of workers.
+func scaleTarget(arg string, now int) (int, error) {
+	n, err := strconv.Atoi(arg)
+	if err != nil {
+		return 0, fmt.Errorf("scale: %q is not N, +K or -K", arg)
+	}
+	if strings.HasPrefix(arg, "+") || strings.HasPrefix(arg, "-") {
+		n += now
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("scale: %s would leave %d workers; at least 1 must run (stop the cluster with herd stop)", arg, n)
+	}
+	return n, nil
+}
+
+// workerView is one worker in herd status --json: a stable, documented
+// shape (docs/operations.md), not the library's struct.
+type workerView struct {
+	ID         int     `json:"id"`
+	PID        int     `json:"pid"`
+	State      string  `json:"state"`
+	Ready      bool    `json:"ready"`
+	Started    string  `json:"started,omitempty"`
+	UptimeSec  float64 `json:"uptime_seconds"`
+	Restarts   int     `json:"restarts"`
+	LastExit   string  `json:"last_exit,omitempty"`
+	RSSBytes   uint64  `json:"rss_bytes"`
+	CPUPercent float64 `json:"cpu_percent"`
+	NextPID    int     `json:"next_pid,omitempty"`
+}
+
+type listenerView struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Sockets int    `json:"sockets"`
+}
+
+type statusView struct {
+	PID       int            `json:"pid"`
+	Workers   []workerView   `json:"workers"`
+	Listeners []listenerView `json:"listeners"`
+}
+
+func statusOf(sup *herd.Supervisor) statusView {
+	v := statusView{PID: os.Getpid(), Workers: []workerView{}, Listeners: []listenerView{}}
+	for _, w := range sup.Workers() {
+		wv := workerView{
+			ID: w.ID, PID: w.PID, State: w.State.String(), Ready: w.Ready,
+			UptimeSec: w.Uptime().Round(time.Millisecond).Seconds(), Restarts: w.Restarts, LastExit: w.LastExit,
+			RSSBytes: w.RSS, CPUPercent: float64(int(w.CPU*10)) / 10, NextPID: w.NextPID,
+		}
+		if w.PID != 0 {
+			wv.Started = w.Started.UTC().Format(time.RFC3339)
+		}
+		v.Workers = append(v.Workers, wv)
+	}
+	for _, l := range sup.Listeners() {
+		v.Listeners = append(v.Listeners, listenerView{Name: l.Name, Addr: l.Addr.String(), Sockets: l.Sockets})
+	}
+	return v
+}
+
+// lineView is one line of herd logs, on the wire.
+type lineView struct {
+	Time   time.Time `json:"time"`
+	Worker int       `json:"worker"`
+	PID    int       `json:"pid"`
+	Stream string    `json:"stream"`
+	Line   string    `json:"line"`
+}
+
+func outputView(l herd.OutputLine) lineView {
+	return lineView{Time: l.Time, Worker: l.Worker, PID: l.PID, Stream: l.Stream, Line: l.Text}
 }
 
 // parseUserMessage checks a message given on the command line: a JSON

@@ -34,6 +34,18 @@ type runFlags struct {
 	maxMessage    string
 	control       controlFlags
 	noControl     bool
+
+	ready            string
+	readyTimeout     time.Duration
+	health           string
+	healthInterval   time.Duration
+	healthTimeout    time.Duration
+	healthFailures   int
+	heartbeatTimeout time.Duration
+	maxMemory        string
+	maxLifetime      time.Duration
+	lifetimeJitter   time.Duration
+	reloadBatch      int
 }
 
 func newRunCmd() *cobra.Command {
@@ -65,6 +77,17 @@ or SIGINT (a second SIGINT kills at once).`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "format of worker output and herd's own log: text or json")
 	fl.StringVar(&f.maxMessage, "max-message", "1MiB", "longest message on a worker's channel (bytes, or with KiB, MiB, GiB)")
 	fl.BoolVar(&f.noControl, "no-control", false, "do not open a control socket (herd send, status, ... will not reach this cluster)")
+	fl.StringVar(&f.ready, "ready", "auto", "when a new worker counts as serving: auto, message, listen, http:/PATH or delay:DURATION")
+	fl.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "a new worker not ready this long after it started is killed (a failed start)")
+	fl.StringVar(&f.health, "health", "", "health check of running workers: http:/PATH or tcp (default: none)")
+	fl.DurationVar(&f.healthInterval, "health-interval", 10*time.Second, "time between health checks")
+	fl.DurationVar(&f.healthTimeout, "health-timeout", 2*time.Second, "time one health check may take")
+	fl.IntVar(&f.healthFailures, "health-failures", 3, "failed health checks in a row that get a worker replaced")
+	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", 0, "replace a worker that speaks the protocol and sent no heartbeat for this long (0: off)")
+	fl.StringVar(&f.maxMemory, "max-memory", "", "replace a worker whose processes use more resident memory than this, like 512MiB (default: no limit)")
+	fl.DurationVar(&f.maxLifetime, "max-lifetime", 0, "replace each worker after it has run this long, one at a time (0: never)")
+	fl.DurationVar(&f.lifetimeJitter, "lifetime-jitter", 0, "randomly shorten or lengthen each worker's --max-lifetime by up to this much")
+	fl.IntVar(&f.reloadBatch, "reload-batch", 1, "how many workers a reload replaces at once")
 	f.control.register(cmd)
 	return cmd
 }
@@ -113,6 +136,35 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 		}
 		defer ctl.Close()
 	}
+	ready, err := herd.ParseReadiness(f.ready)
+	if err != nil {
+		return usageError{fmt.Errorf("--ready: %w", err)}
+	}
+	ready.Timeout = f.readyTimeout
+	var health herd.HealthCheck
+	if f.health != "" {
+		if health, err = herd.ParseHealth(f.health); err != nil {
+			return usageError{fmt.Errorf("--health: %w", err)}
+		}
+	}
+	health.Interval, health.Timeout, health.Failures, health.Heartbeat = f.healthInterval, f.healthTimeout, f.healthFailures, f.heartbeatTimeout
+	for name, d := range map[string]time.Duration{"--ready-timeout": f.readyTimeout, "--health-interval": f.healthInterval, "--health-timeout": f.healthTimeout} {
+		if d <= 0 {
+			return usageError{fmt.Errorf("%s must be positive, got %v", name, d)}
+		}
+	}
+	if f.healthFailures < 1 {
+		return usageError{fmt.Errorf("--health-failures must be at least 1, got %d", f.healthFailures)}
+	}
+	if f.reloadBatch < 1 {
+		return usageError{fmt.Errorf("--reload-batch must be at least 1, got %d", f.reloadBatch)}
+	}
+	var maxMemory int64
+	if f.maxMemory != "" {
+		if maxMemory, err = parseSize(f.maxMemory); err != nil || maxMemory < 1<<20 {
+			return usageError{fmt.Errorf("--max-memory must be a size of at least 1MiB, like 512MiB, got %q", f.maxMemory)}
+		}
+	}
 	logMessages := &messageLog{}
 	opts := herd.Options{
 		Command:     args,
@@ -126,9 +178,15 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 			MaxRestarts: f.maxRestarts,
 			Window:      f.restartWindow,
 		},
-		LogFormat:  f.logFormat,
-		MaxMessage: int(maxMessage),
-		OnEvent:    logMessages.event,
+		LogFormat:      f.logFormat,
+		MaxMessage:     int(maxMessage),
+		OnEvent:        logMessages.event,
+		Ready:          ready,
+		Health:         health,
+		MaxMemory:      uint64(maxMemory),
+		MaxLifetime:    f.maxLifetime,
+		LifetimeJitter: f.lifetimeJitter,
+		ReloadBatch:    f.reloadBatch,
 	}
 	if opts.Restart.BackoffMax < 100*time.Millisecond {
 		opts.Restart.BackoffInitial = opts.Restart.BackoffMax
@@ -145,10 +203,11 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGTTIN, syscall.SIGTTOU)
 	defer signal.Stop(sigs)
 	done := make(chan struct{})
 	var watcher sync.WaitGroup
+	log := sup.Logger()
 	watcher.Go(func() {
 		stopping := false
 		for {
@@ -156,17 +215,34 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 			case <-done:
 				return
 			case s := <-sigs:
-				if stopping && s == syscall.SIGINT {
-					sup.Kill() // a second Ctrl-C: no more waiting
+				switch s {
+				case syscall.SIGHUP:
+					// Like nginx and gunicorn: a rolling reload. A reload
+					// that fails logs why; the old workers keep serving.
+					watcher.Go(func() { sup.Reload(ctx) })
+				case syscall.SIGTTIN, syscall.SIGTTOU:
+					delta := 1
+					if s == syscall.SIGTTOU {
+						delta = -1
+					}
+					if n := len(sup.Workers()) + delta; n >= 1 {
+						if err := sup.Scale(ctx, n); err != nil {
+							log.Warn("cannot scale", "signal", signalName(s), "err", err)
+						}
+					}
+				default:
+					if stopping && s == syscall.SIGINT {
+						sup.Kill() // a second Ctrl-C: no more waiting
+					}
+					stopping = true
+					cancel()
 				}
-				stopping = true
-				cancel()
 			}
 		}
 	})
 	if ctl != nil {
-		sup.Logger().Info("control socket", "path", ctl.Path())
-		watcher.Go(func() { ctl.Serve(ctx, serveControl(sup)) })
+		log.Info("control socket", "path", ctl.Path())
+		watcher.Go(func() { ctl.Serve(ctx, serveControl(sup, cancel)) })
 	}
 	err = sup.Run(ctx)
 	cancel()
@@ -237,6 +313,15 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: out of range", s)
 	}
 	return n << sh, nil
+}
+
+func signalName(s os.Signal) string {
+	if sig, ok := s.(syscall.Signal); ok {
+		if name := unix.SignalName(sig); name != "" {
+			return name
+		}
+	}
+	return s.String()
 }
 
 // parseSignal accepts "SIGTERM", "TERM", "term" or "15".

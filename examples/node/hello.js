@@ -10,14 +10,15 @@
 // gracefully. bench/node-cluster.js reuses handler() and listen() from here.
 
 const http = require('node:http');
+const net = require('node:net');
 
 const body = Buffer.from(`hello from worker ${process.env.HERD_WORKER_ID ?? ''} pid ${process.pid}\n`);
+let draining = false;
 
 function handler(req, res) {
-  res.writeHead(200, {
-    'Content-Type': 'text/plain',
-    'Content-Length': body.length,
-  });
+  const headers = { 'Content-Type': 'text/plain', 'Content-Length': body.length };
+  if (draining) headers.Connection = 'close'; // the client reconnects elsewhere
+  res.writeHead(200, headers);
   res.end(body);
 }
 
@@ -50,17 +51,25 @@ function listen({ port = Number(process.env.PORT) || 8080, host = '127.0.0.1' } 
   });
 }
 
-// stopOnSignal closes the servers on SIGTERM/SIGINT and exits once they are
-// closed (or after 10 s at the latest).
+// stopOnSignal drains the servers on SIGTERM/SIGINT so that no request
+// fails during a rolling reload, and exits once every connection is closed
+// (or after 10 s at the latest):
+//  - stop accepting, but without http.Server.close(), which in Node 19+
+//    also closes idle keep-alive connections at once and so cuts off the
+//    requests clients have already sent on them (herd keeps the listening
+//    socket, so new connections go to other workers or the replacement);
+//  - answer every further request with "Connection: close";
+//  - close the connections still idle after a second.
 function stopOnSignal(servers) {
   const stop = () => {
+    draining = true;
     let open = servers.length;
     for (const s of servers) {
-      s.close(() => {
+      net.Server.prototype.close.call(s, () => {
         if (--open === 0) process.exit(0);
       });
-      s.closeIdleConnections();
     }
+    setTimeout(() => servers.forEach((s) => s.closeIdleConnections()), 1000).unref();
     setTimeout(() => process.exit(0), 10_000).unref();
   };
   process.once('SIGTERM', stop);

@@ -7,8 +7,13 @@ Under herd (or systemd socket activation) the listening sockets arrive as
 fds 3 .. 3+LISTEN_FDS-1; each one is served by a threading HTTP server that
 does not bind. LISTEN_PID must be our own pid, otherwise the sockets were
 meant for another process and we refuse to start. Without LISTEN_FDS it
-listens on 127.0.0.1:$PORT (default 8080) itself. SIGTERM/SIGINT stop it
-cleanly with exit status 0.
+listens on 127.0.0.1:$PORT (default 8080) itself.
+
+SIGTERM/SIGINT drain it so that no request fails during a rolling reload:
+it stops accepting (herd keeps the socket, so new connections go to other
+workers or to the replacement), answers every further request with
+"Connection: close" so keep-alive clients reconnect elsewhere, lets idle
+connections time out, and exits 0 when the last one is gone.
 """
 
 import os
@@ -22,14 +27,21 @@ LISTEN_FDS_START = 3
 BODY = f"hello from worker {os.environ.get('HERD_WORKER_ID', '')} pid {os.getpid()}\n".encode()
 
 
+draining = threading.Event()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    timeout = 10  # drop idle keep-alive connections
+    # Idle keep-alive connections are closed after this long; it also
+    # bounds how long a drain waits for them.
+    timeout = 2
 
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(BODY)))
+        if draining.is_set():
+            self.send_header("Connection", "close")  # reconnect elsewhere
         self.end_headers()
         self.wfile.write(BODY)
 
@@ -87,9 +99,11 @@ def main():
         t.start()
     stop.wait()  # the signal handler runs in this (main) thread
 
+    draining.set()
     for s in servers:
-        s.shutdown()  # returns once serve_forever has stopped
-        s.server_close()
+        s.shutdown()  # stops accepting; returns once serve_forever has stopped
+    for s in servers:
+        s.server_close()  # waits for the connection threads to finish
     return 0
 
 

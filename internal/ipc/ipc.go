@@ -55,7 +55,7 @@ const ReservedPrefix = "herd."
 // The struct tags name the members on the wire; Decode and Append
 // implement them by hand, so encoding/json is not needed to read or write
 // a message. Append writes the members in the order type, from, to, v,
-// id, workers, max, data: the small fixed members first, so that a reader
+// id, workers, max, heartbeat, data: the small fixed members first, so that a reader
 // sees what a message is before its payload.
 type Message struct {
 	// Type says what the message is; required.
@@ -76,6 +76,9 @@ type Message struct {
 	ID      *int `json:"id,omitempty"`
 	Workers int  `json:"workers,omitempty"`
 	Max     int  `json:"max,omitempty"`
+	// Heartbeat, in herd.hello, asks the worker to send herd.heartbeat
+	// every that many milliseconds (0: no heartbeats needed).
+	Heartbeat int `json:"heartbeat,omitempty"`
 }
 
 // Errors a Reader and Decode return; tell them apart with errors.Is.
@@ -239,6 +242,7 @@ func decodeObject(m *Message, line []byte, d *Decoder) error {
 	m.V = intOrZero(values[memberV], "v", &err)
 	m.Workers = intOrZero(values[memberWorkers], "workers", &err)
 	m.Max = intOrZero(values[memberMax], "max", &err)
+	m.Heartbeat = intOrZero(values[memberHeartbeat], "heartbeat", &err)
 	if err != nil {
 		return err
 	}
@@ -272,6 +276,7 @@ const (
 	memberID
 	memberWorkers
 	memberMax
+	memberHeartbeat
 	memberCount
 )
 
@@ -279,9 +284,9 @@ const (
 func memberOf(name []byte, escaped bool) member {
 	if escaped {
 		// Whoever escapes a plain member name gets no fast path, but
-		// the same answer. None of ours is longer than "workers"
+		// the same answer. None of ours is longer than "heartbeat"
 		// written all in \u escapes.
-		if len(name) > len(`\u0000`)*len("workers") {
+		if len(name) > len(`\u0000`)*len("heartbeat") {
 			return memberUnknown
 		}
 		var buf [64]byte
@@ -304,6 +309,8 @@ func memberOf(name []byte, escaped bool) member {
 		return memberWorkers
 	case "max":
 		return memberMax
+	case "heartbeat":
+		return memberHeartbeat
 	}
 	return memberUnknown
 }
@@ -704,6 +711,7 @@ func Append(b []byte, m Message) ([]byte, error) {
 	b = appendIntPtr(b, `,"id":`, m.ID)
 	b = appendInt(b, `,"workers":`, m.Workers)
 	b = appendInt(b, `,"max":`, m.Max)
+	b = appendInt(b, `,"heartbeat":`, m.Heartbeat)
 	if len(m.Data) > 0 {
 		b = append(b, `,"data":`...)
 		s := scanner{b: m.Data}

@@ -328,7 +328,7 @@ func referenceDecode(line []byte) (Message, error) {
 	}
 	for name, dst := range map[string]any{
 		"type": &m.Type, "from": &m.From, "to": &m.To, "v": &m.V,
-		"id": &m.ID, "workers": &m.Workers, "max": &m.Max,
+		"id": &m.ID, "workers": &m.Workers, "max": &m.Max, "heartbeat": &m.Heartbeat,
 	} {
 		if raw, ok := members[name]; ok {
 			if err := json.Unmarshal(raw, dst); err != nil {
@@ -355,9 +355,10 @@ func referenceAppend(m Message) []byte {
 		V       int             `json:"v,omitempty"`
 		ID      *int            `json:"id,omitempty"`
 		Workers int             `json:"workers,omitempty"`
-		Max     int             `json:"max,omitempty"`
-		Data    json.RawMessage `json:"data,omitempty"`
-	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Data}
+		Max       int             `json:"max,omitempty"`
+		Heartbeat int             `json:"heartbeat,omitempty"`
+		Data      json.RawMessage `json:"data,omitempty"`
+	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Heartbeat, m.Data}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)

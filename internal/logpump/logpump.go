@@ -55,6 +55,7 @@ type Sink struct {
 	w      io.Writer
 	format Format
 	stream string
+	ring   *Ring // if set, every worker line is kept there too
 
 	mu       sync.Mutex
 	queue    [][]byte
@@ -158,6 +159,13 @@ func (s *Sink) Close() {
 	}
 }
 
+// SetRing makes the sink keep every worker line Pump reads in ring too,
+// for `herd logs`: the raw line with its worker, pid and stream, even when
+// the destination is too slow and the line is dropped from it. Lines given
+// to Write (herd's own log) are not worker lines and are not kept. Call it
+// before any Pump; several sinks may share one ring.
+func (s *Sink) SetRing(ring *Ring) { s.ring = ring }
+
 // Pump reads r line by line until it ends and queues each line tagged with
 // worker and pid. A final line without a newline is written whole.
 func (s *Sink) Pump(r io.Reader, worker, pid int) {
@@ -179,6 +187,9 @@ func (s *Sink) Pump(r io.Reader, worker, pid int) {
 		return true
 	}
 	emit := func(line []byte) {
+		if s.ring != nil {
+			s.ring.Add(Line{Time: time.Now(), Worker: worker, PID: pid, Stream: s.stream, Text: string(line)})
+		}
 		if !flushNotice(false) || !s.enqueue(s.format1(worker, pid, line)) {
 			dropped++
 		}

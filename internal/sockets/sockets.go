@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,11 +33,18 @@ type Group struct {
 	Spec Spec
 	// Addr is the bound address, with the port resolved when 0 was asked.
 	Addr net.Addr
+	// mu guards files, which grows when the cluster scales up.
+	mu sync.RWMutex
 	// files holds one socket per slot in reuseport mode, else one socket.
 	files []*os.File
 	// unixIno identifies the socket file we created, so Close removes it
 	// only if it is still ours.
 	unixIno uint64
+	// steered is set once the kernel has taken a steering program for this
+	// reuseport group. Every such program sends probes to the slot they
+	// name (see ProbeTarget), and a program stays attached until the next
+	// one replaces it, so once set it stays set.
+	steered atomic.Bool
 }
 
 // Set is every listening socket of a cluster. The primary opens it before
@@ -43,7 +52,10 @@ type Group struct {
 type Set struct {
 	Groups []*Group
 	mode   Mode
-	slots  int
+	slots  atomic.Int64 // slots the sockets are open for
+	// live is the last live set given to Steer, for Grow to re-steer with.
+	liveMu sync.Mutex
+	live   []int
 }
 
 // Open opens every listener for slots worker slots. On error nothing is
@@ -52,7 +64,8 @@ func Open(specs []Spec, mode Mode, slots int) (*Set, error) {
 	if mode == Reuseport && !reuseportSupported {
 		return nil, fmt.Errorf("--balance reuseport: %w (SO_REUSEPORT balancing needs Linux); use --balance shared", ErrUnsupported)
 	}
-	s := &Set{mode: mode, slots: slots}
+	s := &Set{mode: mode}
+	s.slots.Store(int64(slots))
 	for _, spec := range specs {
 		g, err := openGroup(spec, mode, slots)
 		if err != nil {
@@ -60,6 +73,15 @@ func Open(specs []Spec, mode Mode, slots int) (*Set, error) {
 			return nil, fmt.Errorf("listener %s: %w", spec.Name, err)
 		}
 		s.Groups = append(s.Groups, g)
+	}
+	if mode == Reuseport {
+		// Attach the program at once, spreading over every slot, so that
+		// health and readiness probes reach the slot they name from the
+		// first worker's start on, before any Steer. A kernel that refuses
+		// it still balances by its own hashing: the cluster can run, the
+		// same error comes back from every Steer, whose caller reports it,
+		// and ProbeTarget says that probes cannot pick their slot.
+		_ = s.Steer(nil)
 	}
 	return s, nil
 }
@@ -196,6 +218,8 @@ func (s *Set) Files(slot int) ([]*os.File, []string) {
 }
 
 func (g *Group) file(slot int) *os.File {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
 	if len(g.files) == 1 {
 		return g.files[0]
 	}
@@ -203,7 +227,50 @@ func (g *Group) file(slot int) *os.File {
 }
 
 // Sockets reports how many sockets the primary holds for this listener.
-func (g *Group) Sockets() int { return len(g.files) }
+func (g *Group) Sockets() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.files)
+}
+
+// Grow opens the sockets of slots up to n in reuseport mode (shared mode
+// needs none), when the cluster scales up. Sockets are never closed while
+// the cluster runs, so a scale-down followed by a scale-up reuses them and
+// socket index i stays slot i.
+func (s *Set) Grow(n int) error {
+	if s.mode != Reuseport || int64(n) <= s.slots.Load() {
+		return nil
+	}
+	for _, g := range s.Groups {
+		if g.Spec.Network != "tcp" {
+			continue
+		}
+		if err := g.grow(n); err != nil {
+			return fmt.Errorf("listener %s: %w", g.Spec.Name, err)
+		}
+	}
+	s.slots.Store(int64(n))
+	s.liveMu.Lock()
+	live := s.live
+	s.liveMu.Unlock()
+	// The program knows how many sockets there are (for probes).
+	return s.Steer(live)
+}
+
+func (g *Group) grow(n int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	host, _, _ := net.SplitHostPort(g.Spec.Address)
+	address := net.JoinHostPort(host, strconv.Itoa(g.Addr.(*net.TCPAddr).Port))
+	for len(g.files) < n {
+		f, _, err := listenTCP(address, true)
+		if err != nil {
+			return err
+		}
+		g.files = append(g.files, f)
+	}
+	return nil
+}
 
 // Close closes every socket and removes the Unix socket files it created.
 func (s *Set) Close() error {
@@ -215,6 +282,8 @@ func (s *Set) Close() error {
 }
 
 func (g *Group) close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	var errs []error
 	for _, f := range g.files {
 		errs = append(errs, f.Close())

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-sh/herd"
@@ -25,6 +26,10 @@ import (
 //	                with TEST_COUNT_RELAYS=1 only counted, and the count
 //	                is in every pong: {"relays":N,"data":X}
 //	TEST_SLOW=DUR   each HTTP request takes this long
+//	sick            /health answers 503 from then on (else 200)
+//	grow {"mb":N}   allocate and touch N MiB more, and keep it
+//	TEST_NOT_READY_IF=FILE  when FILE exists at start, serve but never
+//	                say herd.ready (a reload to a broken version)
 //
 // Lib runs the lib role in this process (for a self-forked test binary).
 func Lib() error { return libWorker() }
@@ -33,6 +38,8 @@ func libWorker() error {
 	var w *worker.Worker
 	countOnly := os.Getenv("TEST_COUNT_RELAYS") == "1"
 	relays := 0
+	var sick atomic.Bool
+	var hoard [][]byte
 	handle := func(m herd.Message) {
 		switch {
 		case m.Type == herd.TypeRelayed && countOnly:
@@ -49,6 +56,16 @@ func libWorker() error {
 			var to struct{ To int }
 			json.Unmarshal(m.Data, &to)
 			w.SendTo(to.To, map[string]int{"id": w.ID()})
+		case m.Type == "sick":
+			sick.Store(true)
+		case m.Type == "grow":
+			var g struct{ MB int }
+			json.Unmarshal(m.Data, &g)
+			b := make([]byte, g.MB<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			hoard = append(hoard, b)
 		}
 	}
 	w, err := worker.Start(worker.Options{OnMessage: func(m herd.Message) { handle(m) }})
@@ -71,12 +88,25 @@ func libWorker() error {
 	slow, _ := time.ParseDuration(os.Getenv("TEST_SLOW"))
 	body := fmt.Sprintf("id=%d pid=%d child=0 fds=%d names=- workers=%d\n", w.ID(), os.Getpid(), len(w.Listeners()), w.Workers())
 	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" && sick.Load() {
+			http.Error(rw, "sick", http.StatusServiceUnavailable)
+			return
+		}
 		if slow > 0 {
 			time.Sleep(slow)
 		}
 		rw.Header().Set("Content-Type", "text/plain")
 		fmt.Fprint(rw, body)
 	})}
+	if f := os.Getenv("TEST_NOT_READY_IF"); f != "" {
+		if _, err := os.Stat(f); err == nil {
+			for _, l := range w.Listeners() {
+				go srv.Serve(l)
+			}
+			<-w.Context().Done()
+			return nil
+		}
+	}
 	return w.Serve(srv)
 }
 

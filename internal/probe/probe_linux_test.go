@@ -1,0 +1,602 @@
+package probe
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+// childEnv makes the test binary act as a child process (see runChild)
+// instead of running the tests.
+const childEnv = "PROBE_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(childEnv); mode != "" {
+		runChild(mode)
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// Every child gets LISTEN_FDS sockets at fds 3.., then a gate (read end)
+// and a ready pipe (write end). At each step it writes a byte on ready
+// (it is at its gate, holding its sockets, waiting on none of them) and
+// reads one from the gate before going on, so a test can check Accepting
+// both before and after the child starts waiting.
+
+// childFds returns the child's socket fds, its gate and its ready fd.
+func childFds() (socks []int, gate, ready int) {
+	k, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	for i := range k {
+		socks = append(socks, 3+i)
+	}
+	return socks, 3 + k, 4 + k
+}
+
+// runChild is the test binary acting as a worker, in one of these modes:
+//
+//	netlisten  net.FileListener + Accept on every socket (epoll)
+//	accept     a raw blocking accept(2) on the first socket
+//	accept4    a raw blocking accept4(2) on the first socket
+//	poll       x/sys unix.Poll (ppoll(2) on Linux) on [-1, first socket]
+//	ppoll      unix.Ppoll on the first socket
+//	select     syscall.Select (select(2) on amd64) on the first socket
+//	pselect    unix.Pselect (pselect6(2)) on the first socket
+//	           (each then does a non-blocking accept)
+//	hold       two steps, never accepting
+//	onebyone   one step per socket, listening on it after the step
+//	fork       starts a netlisten child of its own group and waits for it
+func runChild(mode string) {
+	socks, gate, ready := childFds()
+	step := func() {
+		if _, err := unix.Write(ready, []byte{'r'}); err != nil {
+			fail(err)
+		}
+		if n, err := unix.Read(gate, make([]byte, 1)); n != 1 {
+			fail(fmt.Errorf("gate: %d bytes, %v", n, err))
+		}
+	}
+	serve := func(fd int) {
+		l, err := net.FileListener(os.NewFile(uintptr(fd), "socket"))
+		if err != nil {
+			fail(err)
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					fail(err)
+				}
+				c.Close()
+			}
+		}()
+	}
+	rawAccept := func(nr uintptr) {
+		if err := unix.SetNonblock(socks[0], false); err != nil {
+			fail(err)
+		}
+		go func() {
+			for {
+				nfd, _, errno := syscall.Syscall6(nr, uintptr(socks[0]), 0, 0, 0, 0, 0)
+				if errno != 0 {
+					fail(errno)
+				}
+				unix.Close(int(nfd))
+			}
+		}()
+	}
+	waitIn := func(wait func(fd int) error) {
+		if err := unix.SetNonblock(socks[0], true); err != nil {
+			fail(err)
+		}
+		go func() {
+			for {
+				if err := wait(socks[0]); err != nil && err != unix.EINTR {
+					fail(err)
+				}
+				if nfd, _, err := unix.Accept(socks[0]); err == nil {
+					unix.Close(nfd)
+				}
+			}
+		}()
+	}
+	switch mode {
+	case "poll":
+		step()
+		waitIn(func(fd int) error {
+			_, err := unix.Poll([]unix.PollFd{{Fd: -1}, {Fd: int32(fd), Events: unix.POLLIN}}, -1)
+			return err
+		})
+	case "ppoll":
+		step()
+		waitIn(func(fd int) error {
+			_, err := unix.Ppoll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, nil, nil)
+			return err
+		})
+	case "select":
+		step()
+		waitIn(func(fd int) error {
+			// syscall's Select is select(2) itself on amd64 (x/sys's
+			// is pselect6), and pselect6 on arm64.
+			set := new(syscall.FdSet)
+			set.Bits[fd/64] |= 1 << (fd % 64)
+			_, err := syscall.Select(fd+1, set, nil, nil, nil)
+			return err
+		})
+	case "pselect":
+		step()
+		waitIn(func(fd int) error {
+			set := new(unix.FdSet)
+			set.Set(fd)
+			_, err := unix.Pselect(fd+1, set, nil, nil, nil, nil)
+			return err
+		})
+	case "netlisten":
+		step()
+		for _, fd := range socks {
+			serve(fd)
+		}
+	case "accept":
+		step()
+		rawAccept(syscall.SYS_ACCEPT)
+	case "accept4":
+		step()
+		rawAccept(syscall.SYS_ACCEPT4)
+	case "hold":
+		step()
+		step()
+	case "onebyone":
+		for _, fd := range socks {
+			step()
+			serve(fd)
+		}
+	case "fork":
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"=netlisten")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		for fd := 3; fd <= ready; fd++ {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(fd), "inherited"))
+		}
+		fail(cmd.Run())
+	default:
+		fail(fmt.Errorf("unknown mode %q", mode))
+	}
+	time.Sleep(time.Hour) // the test kills the group
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "probe test child:", err)
+	os.Exit(1)
+}
+
+// child is a process started by a test, leading its own process group.
+type child struct {
+	cmd   *exec.Cmd
+	gate  *os.File // write end of the child's gate
+	ready *os.File // read end of the child's ready pipe
+}
+
+// pgid is the child's process group.
+func (c *child) pgid() int { return c.cmd.Process.Pid }
+
+// start runs name with args in a new process group, with socks as its fds
+// 3.. and the gate and ready pipes after them. The group is killed when
+// the test ends.
+func start(tb testing.TB, socks []*os.File, env []string, name string, args ...string) *child {
+	tb.Helper()
+	gateR, gateW, err := os.Pipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), "LISTEN_FDS="+strconv.Itoa(len(socks)))
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.ExtraFiles = append(append(cmd.ExtraFiles, socks...), gateR, readyW)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	gateR.Close()
+	readyW.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := &child{cmd: cmd, gate: gateW, ready: readyR}
+	tb.Cleanup(func() {
+		syscall.Kill(-c.pgid(), syscall.SIGKILL)
+		cmd.Wait()
+		gateW.Close()
+		readyR.Close()
+	})
+	return c
+}
+
+// startGo runs the test binary as a child in mode (see runChild).
+func startGo(tb testing.TB, mode string, socks ...*os.File) *child {
+	tb.Helper()
+	return start(tb, socks, []string{childEnv + "=" + mode}, os.Args[0], "-test.run=^$")
+}
+
+// startTool runs a program found in PATH (python3, node), or skips.
+func startTool(tb testing.TB, tool string, socks []*os.File, args ...string) *child {
+	tb.Helper()
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		tb.Skipf("%s is not installed (%v): this detection path is untested here", tool, err)
+	}
+	return start(tb, socks, nil, path, args...)
+}
+
+// atGate waits until the child writes on its ready pipe.
+func (c *child) atGate(tb testing.TB) {
+	tb.Helper()
+	c.ready.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.ready.Read(make([]byte, 1)); err != nil {
+		tb.Fatalf("child %d did not reach its gate: %v", c.pgid(), err)
+	}
+}
+
+// open lets the child go past its gate.
+func (c *child) open(tb testing.TB) {
+	tb.Helper()
+	if _, err := c.gate.Write([]byte{1}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// listener opens a listening socket and returns the primary's file for
+// it, and its inode.
+func listener(tb testing.TB) (*os.File, uint64) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close() // f keeps the socket listening
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	ino, err := SocketInode(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return f, ino
+}
+
+// eventually polls Accepting until it reports true, for up to 10 s.
+func eventually(tb testing.TB, pgid int, inodes ...uint64) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, err := Accepting(pgid, inodes)
+		if ok {
+			if err != nil {
+				tb.Fatalf("Accepting(%d) = true with error %v", pgid, err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("Accepting(%d, %v) still false after 10 s (error %v); threads: %s", pgid, inodes, err, threadStates(pgid))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// never checks that Accepting keeps reporting false, without error, for
+// a while.
+func never(tb testing.TB, pgid int, inodes ...uint64) {
+	tb.Helper()
+	for range 10 {
+		ok, err := Accepting(pgid, inodes)
+		if ok || err != nil {
+			tb.Fatalf("Accepting(%d, %v) = %v, %v; want false, nil", pgid, inodes, ok, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// threadStates shows what the threads of pid are blocked in, for failure
+// messages and logs.
+func threadStates(pid int) string {
+	paths, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
+	var out []string
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		f := strings.Fields(string(b))
+		if len(f) > 2 {
+			f = f[:3]
+		}
+		out = append(out, strings.Join(f, " "))
+	}
+	return strings.Join(out, "; ")
+}
+
+// via reports which test found ino in process pid: "epoll", "threads"
+// (accept, poll, select) or "".
+func via(pid int, ino uint64) string {
+	base := "/proc/" + strconv.Itoa(pid)
+	dir, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(dir)
+	s := newScan(pid, []uint64{ino})
+	held, epolls := s.fds(base, dir)
+	for _, fd := range epolls {
+		s.epoll(base, dir, fd)
+	}
+	if s.done() {
+		return "epoll"
+	}
+	s.threads(pid, base, dir, held)
+	if s.done() {
+		return "threads"
+	}
+	return ""
+}
+
+// TestAccepting starts one kind of worker per case and checks that it is
+// not accepting while it holds its socket at its gate, and is accepting
+// soon after it starts waiting on it, by the expected path.
+func TestAccepting(t *testing.T) {
+	cases := []struct {
+		name  string
+		via   string // the test that must find it
+		start func(testing.TB, *os.File) *child
+	}{
+		{"go net.FileListener", "epoll", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "netlisten", f)
+		}},
+		{"go accept", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "accept", f)
+		}},
+		{"go accept4", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "accept4", f)
+		}},
+		{"go unix.Poll", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "poll", f)
+		}},
+		{"go ppoll", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "ppoll", f)
+		}},
+		{"go syscall.Select", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "select", f)
+		}},
+		{"go pselect6", "threads", func(tb testing.TB, f *os.File) *child {
+			return startGo(tb, "pselect", f)
+		}},
+		{"python ThreadingHTTPServer", "threads", func(tb testing.TB, f *os.File) *child {
+			return startTool(tb, "python3", []*os.File{f}, "-c", pyGate+`
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+import threading
+srv = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler, bind_and_activate=False)
+srv.socket.close()
+srv.socket = socket.socket(fileno=3)
+t = threading.Thread(target=srv.serve_forever)
+t.start()
+t.join()
+`)
+		}},
+		{"python accept", "threads", func(tb testing.TB, f *os.File) *child {
+			return startTool(tb, "python3", []*os.File{f}, "-c", pyGate+`
+s = socket.socket(fileno=3)
+s.setblocking(True)
+while True:
+    s.accept()[0].close()
+`)
+		}},
+		{"python select", "threads", func(tb testing.TB, f *os.File) *child {
+			return startTool(tb, "python3", []*os.File{f}, "-c", pyGate+`
+import select
+s = socket.socket(fileno=3)
+s.setblocking(False)
+while True:
+    select.select([s], [], [])
+    try:
+        s.accept()[0].close()
+    except BlockingIOError:
+        pass
+`)
+		}},
+		{"python asyncio", "epoll", func(tb testing.TB, f *os.File) *child {
+			return startTool(tb, "python3", []*os.File{f}, "-c", pyGate+`
+import asyncio
+async def main():
+    srv = await asyncio.start_server(lambda r, w: w.close(), sock=socket.socket(fileno=3))
+    await srv.serve_forever()
+asyncio.run(main())
+`)
+		}},
+		{"node net.Server", "epoll", func(tb testing.TB, f *os.File) *child {
+			return startTool(tb, "node", []*os.File{f}, "-e", nodeServer)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f, ino := listener(t)
+			c := tc.start(t, f)
+			c.atGate(t)
+			never(t, c.pgid(), ino)
+			c.open(t)
+			eventually(t, c.pgid(), ino)
+			if got := via(c.pgid(), ino); got != tc.via {
+				t.Errorf("found by %q, want %q; threads: %s", got, tc.via, threadStates(c.pgid()))
+			}
+			t.Logf("accepting; threads of %d: %s", c.pgid(), threadStates(c.pgid()))
+		})
+	}
+}
+
+// pyGate is the start of every Python child: one step at the gate.
+const pyGate = `
+import os, socket
+os.write(5, b"r")
+os.read(4, 1)
+`
+
+// nodeServer is a Node worker with one step at the gate.
+const nodeServer = `
+const fs = require('fs');
+fs.writeSync(5, 'r');
+fs.readSync(4, Buffer.alloc(1));
+require('net').createServer(c => c.destroy()).listen({fd: 3});
+`
+
+// TestAcceptingExited checks that a group whose processes are gone is not
+// accepting, and that this is no error.
+func TestAcceptingExited(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "netlisten", f)
+	c.atGate(t)
+	c.open(t)
+	eventually(t, c.pgid(), ino)
+	syscall.Kill(-c.pgid(), syscall.SIGKILL)
+	c.cmd.Wait()
+	never(t, c.pgid(), ino)
+	never(t, 1<<23, ino) // above any pid_max
+}
+
+// TestAcceptingHoldOnly checks that holding a socket is not accepting.
+func TestAcceptingHoldOnly(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "hold", f)
+	c.atGate(t)
+	c.open(t)
+	c.atGate(t) // past its first step, holding the socket for good
+	never(t, c.pgid(), ino)
+}
+
+// TestAcceptingAllSockets checks that a worker is accepting only once it
+// waits on every socket it was given.
+func TestAcceptingAllSockets(t *testing.T) {
+	f1, ino1 := listener(t)
+	f2, ino2 := listener(t)
+	c := startGo(t, "onebyone", f1, f2)
+	c.atGate(t)
+	never(t, c.pgid(), ino1, ino2)
+	c.open(t)
+	c.atGate(t) // listening on the first socket only
+	eventually(t, c.pgid(), ino1)
+	never(t, c.pgid(), ino1, ino2)
+	never(t, c.pgid(), ino2, ino1)
+	c.open(t)
+	eventually(t, c.pgid(), ino1, ino2)
+}
+
+// TestAcceptingOtherGroup checks that a process of another group waiting
+// on the socket does not make the group accepting (nor does the test
+// process, which holds the socket too).
+func TestAcceptingOtherGroup(t *testing.T) {
+	f, ino := listener(t)
+	other := startGo(t, "netlisten", f)
+	holder := startGo(t, "hold", f)
+	other.atGate(t)
+	other.open(t)
+	holder.atGate(t)
+	eventually(t, other.pgid(), ino)
+	never(t, holder.pgid(), ino)
+}
+
+// TestAcceptingGroupMember checks that a process of the group other than
+// its leader counts: the leader only waits for its child, which accepts.
+func TestAcceptingGroupMember(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "fork", f)
+	c.atGate(t)
+	never(t, c.pgid(), ino)
+	c.open(t)
+	eventually(t, c.pgid(), ino)
+	if got := via(c.pgid(), ino); got != "" {
+		t.Errorf("the leader itself is found accepting by %q", got)
+	}
+}
+
+func TestAcceptingNoInodes(t *testing.T) {
+	if ok, err := Accepting(1<<23, nil); !ok || err != nil {
+		t.Errorf("Accepting with no inodes = %v, %v; want true, nil", ok, err)
+	}
+	if ok, err := Accepting(0, []uint64{1}); ok || err == nil {
+		t.Errorf("Accepting(0) = %v, %v; want false and an error", ok, err)
+	}
+}
+
+func TestSocketInode(t *testing.T) {
+	f, ino := listener(t)
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("socket:[%d]", ino); link != want {
+		t.Errorf("SocketInode = %d, but the fd links to %s", ino, link)
+	}
+	file, err := os.Open(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	if _, err := SocketInode(file); err == nil {
+		t.Errorf("SocketInode of a regular file: no error")
+	}
+}
+
+func TestParseSyscall(t *testing.T) {
+	nr, args, ok := parseSyscall([]byte("43 0x3 0x0 0x0 0x0 0x0 0x0 0x7ffc 0x7f12\n"))
+	if !ok || nr != 43 || args != [6]uint64{3} {
+		t.Errorf("parseSyscall = %d, %v, %v", nr, args, ok)
+	}
+	for _, line := range []string{"running\n", "-1 0x7ffc 0x7f12\n", ""} {
+		if _, _, ok := parseSyscall([]byte(line)); ok {
+			t.Errorf("parseSyscall(%q): ok", line)
+		}
+	}
+}
+
+// BenchmarkAccepting measures one call for a group of one Node process:
+// "ready" is answered from the leader alone; "waiting" (the worker holds
+// the socket but does not listen yet) has to walk all of /proc to prove
+// the answer is false.
+func BenchmarkAccepting(b *testing.B) {
+	if _, err := exec.LookPath("node"); err != nil {
+		b.Skip("node is not installed")
+	}
+	b.Run("ready", func(b *testing.B) {
+		f, ino := listener(b)
+		c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
+		c.atGate(b)
+		c.open(b)
+		eventually(b, c.pgid(), ino)
+		for b.Loop() {
+			if ok, err := Accepting(c.pgid(), []uint64{ino}); !ok {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("waiting", func(b *testing.B) {
+		f, ino := listener(b)
+		c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
+		c.atGate(b)
+		for b.Loop() {
+			if ok, err := Accepting(c.pgid(), []uint64{ino}); ok || err != nil {
+				b.Fatal(ok, err)
+			}
+		}
+		procs, _ := filepath.Glob("/proc/[0-9]*")
+		b.ReportMetric(float64(len(procs)), "procs")
+	})
+}

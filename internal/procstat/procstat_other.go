@@ -1,0 +1,14 @@
+//go:build !linux
+
+package procstat
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+)
+
+// scan fails: there is no /proc to read off Linux.
+func scan(map[int]bool) (map[int]Sample, error) {
+	return nil, fmt.Errorf("process statistics on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package procstat
+
+import (
+	"errors"
+	"os"
+	"testing"
+)
+
+func TestUnsupported(t *testing.T) {
+	if _, err := Group(os.Getpid()); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("Group off Linux: %v, want ErrUnsupported", err)
+	}
+}

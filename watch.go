@@ -1,0 +1,211 @@
+package herd
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/herd-sh/herd/internal/healthcheck"
+	"github.com/herd-sh/herd/internal/probe"
+)
+
+// How often the readiness probes look.
+const (
+	listenProbeEvery = 20 * time.Millisecond
+	httpProbeEvery   = 50 * time.Millisecond
+)
+
+// watchReadiness starts what tells the slot that p, whose command has just
+// started, is ready: a probe for the listen, http and delay rules (the
+// message rule needs none: the read loop reports herd.ready), and the
+// readiness timeout. Called on the slot's goroutine.
+func (s *Supervisor) watchReadiness(p *process) {
+	r := s.opts.Ready
+	p.readyTimer = time.AfterFunc(r.Timeout, func() {
+		p.sl.post(procEvent{p: p, kind: evNotReady, err: fmt.Errorf("not ready within %v (--ready %s)", r.Timeout, r)})
+	})
+	ready := func() { p.sl.post(procEvent{p: p, kind: evReady}) }
+	switch r.Mode {
+	case ReadyMessage:
+	case ReadyDelay:
+		p.sl.watch(p, func() {
+			t := time.NewTimer(r.Delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				ready()
+			case <-p.gone:
+			}
+		})
+	case ReadyHTTP:
+		remote, local := s.probeTarget(p.slot)
+		p.sl.watch(p, func() {
+			every(p, httpProbeEvery, func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if healthcheck.HTTP(ctx, remote, local, r.Path) == nil {
+					ready()
+					return false
+				}
+				return true
+			})
+		})
+	case ReadyListen, ReadyAuto:
+		inodes := s.socketInodes(p.slot)
+		auto := r.Mode == ReadyAuto
+		p.sl.watch(p, func() {
+			seen := 0 // listen probes in a row that found every socket
+			every(p, listenProbeEvery, func() bool {
+				if auto && p.speaks.Load() {
+					return false // it will say herd.ready
+				}
+				if len(inodes) == 0 {
+					if auto {
+						ready() // nothing to accept on; it did not say hello
+					}
+					return false
+				}
+				if ok, _ := probe.Accepting(p.pid, inodes); ok {
+					seen++
+				} else {
+					seen = 0
+				}
+				// Twice in a row: a worker that speaks the protocol has
+				// said hello by then (it says it before it takes its
+				// sockets), so auto does not take it for a plain one.
+				if seen >= 2 {
+					ready()
+					return false
+				}
+				return true
+			})
+		})
+	}
+}
+
+// watchHealth starts the checks of a ready worker: health probes,
+// heartbeats, and its lifetime. Called on the slot's goroutine.
+func (s *Supervisor) watchHealth(p *process) {
+	h := s.opts.Health
+	unhealthy := func(err error) { p.sl.post(procEvent{p: p, kind: evUnhealthy, err: err}) }
+	if h.Kind != "" {
+		remote, local := s.probeTarget(p.slot)
+		p.sl.watch(p, func() {
+			failures := 0
+			every(p, h.Interval, func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
+				defer cancel()
+				var err error
+				if h.Kind == HealthHTTP {
+					err = healthcheck.HTTP(ctx, remote, local, h.Path)
+				} else {
+					err = healthcheck.TCP(ctx, remote, local)
+				}
+				if err == nil {
+					failures = 0
+					return true
+				}
+				failures++
+				p.sl.log.Warn("health check failed", "pid", p.pid, "err", err, "failures", failures, "of", h.Failures)
+				if failures >= h.Failures {
+					unhealthy(fmt.Errorf("failed %d health checks in a row, last: %w", failures, err))
+					return false
+				}
+				return true
+			})
+		})
+	}
+	if h.Heartbeat > 0 && p.speaks.Load() {
+		p.sl.watch(p, func() {
+			every(p, h.Heartbeat/4, func() bool {
+				silent := time.Since(time.Unix(0, p.lastBeat.Load()))
+				if silent > h.Heartbeat {
+					unhealthy(fmt.Errorf("no heartbeat for %v (--heartbeat-timeout %v): hung", silent.Round(time.Millisecond), h.Heartbeat))
+					return false
+				}
+				return true
+			})
+		})
+	}
+	if s.opts.MaxLifetime > 0 {
+		p.sl.watch(p, func() { s.recycleAfterLifetime(p) })
+	}
+}
+
+// recycleAfterLifetime replaces p once it has lived MaxLifetime ±
+// LifetimeJitter, holding the cluster's recycling token meanwhile so that
+// workers are recycled one at a time.
+func (s *Supervisor) recycleAfterLifetime(p *process) {
+	life := s.opts.MaxLifetime
+	if j := s.opts.LifetimeJitter; j > 0 {
+		life += time.Duration(rand.Int64N(int64(2*j))) - j
+	}
+	for {
+		t := time.NewTimer(life)
+		select {
+		case <-t.C:
+		case <-p.gone:
+			t.Stop()
+			return
+		}
+		select {
+		case s.recycling <- struct{}{}:
+		case <-p.gone:
+			return
+		}
+		done := make(chan error, 1)
+		p.sl.post(procEvent{p: p, kind: evRecycle, done: done})
+		var err error
+		select {
+		case err = <-done:
+		case <-p.gone:
+		}
+		<-s.recycling
+		if err == nil {
+			return
+		}
+		p.sl.log.Warn("recycling worker failed; trying again later", "pid", p.pid, "err", err)
+		life = max(time.Minute, s.opts.MaxLifetime/10)
+	}
+}
+
+// every calls f every d until it returns false or p's leader exits.
+func every(p *process, d time.Duration, f func() bool) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.gone:
+			return
+		case <-t.C:
+			if !f() {
+				return
+			}
+		}
+	}
+}
+
+// watch runs f on a goroutine the slot waits for before it ends; f must
+// return once p's leader has exited.
+func (sl *slot) watch(p *process, f func()) { sl.watchers.Go(f) }
+
+// probeTarget is where the probes of slot go: the first listener that can
+// be reached per slot, from the source address that steers to slot.
+func (s *Supervisor) probeTarget(slot int) (remote, local *net.TCPAddr) {
+	remote, local, _ = s.sockets.ProbeTarget(s.probeGroup, slot)
+	return remote, local
+}
+
+// socketInodes are the inodes of the sockets a worker of slot gets.
+func (s *Supervisor) socketInodes(slot int) []uint64 {
+	files, _ := s.sockets.Files(slot)
+	var out []uint64
+	for _, f := range files {
+		if ino, err := probe.SocketInode(f); err == nil {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
