@@ -2,10 +2,10 @@ package herd
 
 import (
 	"fmt"
-	"strings"
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 

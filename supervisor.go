@@ -361,7 +361,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	runSlot := func(sl *slot) {
 		slots.Go(func() { results <- slotResult{sl, sl.run(stop, s.killCh)} })
 	}
-	running := map[*slot]bool{}  // every slot whose run has not returned
+	running := map[*slot]bool{} // every slot whose run has not returned
 	retiring := map[int]*slot{} // removed by a scale-down, still draining
 	for _, sl := range s.slotList() {
 		running[sl] = true

@@ -60,15 +60,15 @@ const (
 
 // Conn is one end of a channel. Make it with New; Close it.
 type Conn struct {
-	conn  net.Conn
-	raw   syscall.RawConn // for the sender's own write; nil if none
-	max   int             // longest message, newline excluded
+	conn net.Conn
+	raw  syscall.RawConn // for the sender's own write; nil if none
+	max  int             // longest message, newline excluded
 	// readMax is the longest message the read loop accepts: the worker's
 	// end accepts relays, which may be RelaySlack longer.
 	readMax int
 	rd      *ipc.Reader // the read loop's, for SetMax
-	limit int             // bytes queued or being written
-	epoch time.Time       // lastSend counts from here (monotonic)
+	limit   int         // bytes queued or being written
+	epoch   time.Time   // lastSend counts from here (monotonic)
 
 	mu       sync.Mutex
 	out      []byte // queued, not yet taken by the writer

@@ -349,12 +349,12 @@ func referenceDecode(line []byte) (Message, error) {
 // escaping, which Append does not do), for Data that Append accepts.
 func referenceAppend(m Message) []byte {
 	wire := struct {
-		Type    string          `json:"type"`
-		From    *int            `json:"from,omitempty"`
-		To      *int            `json:"to,omitempty"`
-		V       int             `json:"v,omitempty"`
-		ID      *int            `json:"id,omitempty"`
-		Workers int             `json:"workers,omitempty"`
+		Type      string          `json:"type"`
+		From      *int            `json:"from,omitempty"`
+		To        *int            `json:"to,omitempty"`
+		V         int             `json:"v,omitempty"`
+		ID        *int            `json:"id,omitempty"`
+		Workers   int             `json:"workers,omitempty"`
 		Max       int             `json:"max,omitempty"`
 		Heartbeat int             `json:"heartbeat,omitempty"`
 		Data      json.RawMessage `json:"data,omitempty"`
