@@ -188,7 +188,7 @@ type machine struct {
 	cur, next *process
 	old       []*process // asked to stop, not yet exited
 
-	pending   *slotCmd // the replacement next is for
+	pending   []slotCmd // the commands waiting for next (or a new cur) to be ready
 	restartAt <-chan time.Time
 	joinAt    <-chan time.Time
 	stopping  bool // stopping or retiring: no new worker starts
@@ -233,13 +233,15 @@ func (m *machine) command(cmd slotCmd) {
 	case cmd.kind == cmdRetire:
 		m.retired = &cmd
 		m.stop(fmt.Errorf("worker %d is being retired", m.id))
-	case m.pending != nil || m.next != nil:
-		cmd.done <- fmt.Errorf("worker %d: %w: a replacement is already starting", m.id, ErrBusy)
+	case len(m.pending) > 0 || m.next != nil:
+		// A replacement is starting already: the fresh worker it brings
+		// is what this command asks for too.
+		m.pending = append(m.pending, cmd)
 	case m.cur == nil:
 		// Waiting out a backoff: start now; the new worker being ready
 		// completes the command.
 		m.restartAt = nil
-		m.pending = &cmd
+		m.pending = append(m.pending, cmd)
 		m.restart()
 		if m.cur == nil {
 			m.finish(fmt.Errorf("worker %d: cannot start a worker now", m.id))
@@ -251,18 +253,17 @@ func (m *machine) command(cmd slotCmd) {
 			return
 		}
 		m.log.Info("starting a replacement", "reason", cmd.reason, "pid", p.pid, "old_pid", m.cur.pid)
-		m.next, m.pending = p, &cmd
+		m.next, m.pending = p, append(m.pending, cmd)
 		m.publish(func(i *WorkerInfo) { i.NextPID = p.pid })
 	}
 }
 
-// finish ends the pending replacement with err (nil: done).
+// finish ends the pending commands with err (nil: done).
 func (m *machine) finish(err error) {
-	if m.pending == nil {
-		return
-	}
-	if m.pending.done != nil {
-		m.pending.done <- err
+	for _, cmd := range m.pending {
+		if cmd.done != nil {
+			cmd.done <- err
+		}
 	}
 	m.pending = nil
 }
@@ -370,9 +371,6 @@ func (m *machine) event(e procEvent) error {
 	case evUnhealthy, evRecycle:
 		if p != m.cur || p.asked || m.stopping {
 			return nil
-		}
-		if m.next != nil {
-			return nil // being replaced already
 		}
 		reason := "lifetime"
 		if e.kind == evUnhealthy {

@@ -96,8 +96,8 @@ func replies(t *testing.T, url string, n, concurrency int) []herdtest.Reply {
 
 func waitServing(t *testing.T, h *herdtest.Proc, n int) {
 	t.Helper()
-	if !herdtest.Eventually(15*time.Second, func() bool { return h.Exited() || h.Count("msg=\"worker started\"") >= n }) || h.Exited() {
-		t.Fatalf("fewer than %d workers started", n)
+	if !herdtest.Eventually(15*time.Second, func() bool { return h.Exited() || h.Count("msg=\"worker ready\"") >= n }) || h.Exited() {
+		t.Fatalf("fewer than %d workers ready", n)
 	}
 }
 

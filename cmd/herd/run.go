@@ -122,20 +122,6 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	if err != nil || maxMessage < 64 || maxMessage > 1<<30 {
 		return usageError{fmt.Errorf("--max-message must be a size from 64 bytes to 1GiB, like 1MiB, got %q", f.maxMessage)}
 	}
-	var ctl *control.Server
-	if !f.noControl {
-		path, err := f.control.socket(args)
-		if err != nil {
-			return err
-		}
-		if ctl, err = control.Listen(path); err != nil {
-			if errors.Is(err, control.ErrAlreadyRunning) {
-				return fmt.Errorf("%w (give this cluster another --name)", err)
-			}
-			return err
-		}
-		defer ctl.Close()
-	}
 	ready, err := herd.ParseReadiness(f.ready)
 	if err != nil {
 		return usageError{fmt.Errorf("--ready: %w", err)}
@@ -190,6 +176,23 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	}
 	if opts.Restart.BackoffMax < 100*time.Millisecond {
 		opts.Restart.BackoffInitial = opts.Restart.BackoffMax
+	}
+	// The control socket comes before the listening sockets: a second herd
+	// of the same name most likely wants the same port too, and "already
+	// running" says more than "address in use".
+	var ctl *control.Server
+	if !f.noControl {
+		path, err := f.control.socket(args)
+		if err != nil {
+			return err
+		}
+		if ctl, err = control.Listen(path); err != nil {
+			if errors.Is(err, control.ErrAlreadyRunning) {
+				return fmt.Errorf("%w (give this cluster another --name)", err)
+			}
+			return err
+		}
+		defer ctl.Close()
 	}
 	sup, err := herd.New(opts)
 	if errors.Is(err, herd.ErrBadOptions) {

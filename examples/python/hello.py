@@ -32,6 +32,9 @@ draining = threading.Event()
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes; without TCP_NODELAY the second
+    # waits for the client's delayed ACK (40 ms a request on keep-alive).
+    disable_nagle_algorithm = True
     # Idle keep-alive connections are closed after this long; it also
     # bounds how long a drain waits for them.
     timeout = 2
@@ -74,8 +77,14 @@ def inherited_sockets():
     return socks
 
 
+class Server(ThreadingHTTPServer):
+    # Connection threads are waited for by server_close (ThreadingHTTPServer
+    # makes them daemons, which would die mid-response at exit).
+    daemon_threads = False
+
+
 def make_server(sock):
-    server = ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
+    server = Server(("", 0), Handler, bind_and_activate=False)
     server.socket.close()  # the unbound default socket
     server.socket = sock
     server.address_family = sock.family

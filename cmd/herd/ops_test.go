@@ -1,0 +1,291 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-sh/herd/internal/herdtest"
+)
+
+// status runs herd status --json.
+func status(t *testing.T, ctl string) statusView {
+	t.Helper()
+	code, stdout, stderr := herdCtl(t, ctl, "status", "--json")
+	if code != 0 {
+		t.Fatalf("herd status: exit %d: %s", code, stderr)
+	}
+	var st statusView
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatalf("herd status --json printed %q: %v", stdout, err)
+	}
+	return st
+}
+
+// waitWorkers waits until status shows n workers, all ready and none
+// being replaced.
+func waitWorkers(t *testing.T, ctl string, n int) statusView {
+	t.Helper()
+	var st statusView
+	ok := herdtest.Eventually(30*time.Second, func() bool {
+		st = status(t, ctl)
+		if len(st.Workers) != n {
+			return false
+		}
+		for _, w := range st.Workers {
+			if !w.Ready || w.State != "ready" || w.NextPID != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("want %d ready workers, status says %+v", n, st.Workers)
+	}
+	return st
+}
+
+func TestStatusFollowsScaling(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "2", "-l", "127.0.0.1:0", worker("lib"))...)
+	ctl := controlOf(t, h)
+	st := waitWorkers(t, ctl, 2)
+	if st.PID != h.Cmd.Process.Pid || len(st.Listeners) != 1 || st.Listeners[0].Sockets != 2 {
+		t.Errorf("status %+v", st)
+	}
+	steps := []struct {
+		do   func()
+		want int
+	}{
+		{func() { herdCtl(t, ctl, "scale", "+2") }, 4},
+		{func() { herdCtl(t, ctl, "scale", "--", "-1") }, 3},
+		{func() { herdCtl(t, ctl, "scale", "1") }, 1},
+		{func() { h.Signal(syscall.SIGTTIN) }, 2},
+		{func() { h.Signal(syscall.SIGTTOU) }, 1},
+	}
+	for _, step := range steps {
+		step.do()
+		st := waitWorkers(t, ctl, step.want)
+		for i, w := range st.Workers {
+			if w.ID != i || w.PID == 0 {
+				t.Errorf("worker %d in status: %+v", i, w)
+			}
+		}
+	}
+	// The table form has a header and a line per worker.
+	code, stdout, _ := herdCtl(t, ctl, "status")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], "WORKER") || !strings.Contains(lines[1], "ready") {
+		t.Errorf("herd status printed %q", stdout)
+	}
+}
+
+// The example workers, which know nothing of herd's protocol, are ready
+// once they accept (seen in /proc) and drain on SIGTERM: reloads under
+// keep-alive and new-connection load fail no request. hello-go uses the
+// worker library (herd.ready, herd.shutdown) to the same effect.
+func TestReloadsOfTheExamplesFailNothing(t *testing.T) {
+	t.Parallel()
+	root, _ := filepath.Abs("../..")
+	helloGo := filepath.Join(t.TempDir(), "hello-go")
+	if out, err := exec.Command("go", "build", "-o", helloGo, "../../examples/hello-go").CombinedOutput(); err != nil {
+		t.Fatalf("build hello-go: %v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		name string
+		cmd  []string
+	}{
+		{"node", []string{"node", filepath.Join(root, "examples/node/hello.js")}},
+		{"python3", []string{"python3", filepath.Join(root, "examples/python/hello.py")}},
+		{"go", []string{helloGo}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if _, err := exec.LookPath(tc.cmd[0]); err != nil {
+				t.Skipf("%s is not installed: skipping its reload test", tc.cmd[0])
+			}
+			h := startHerd(t, nil, append([]string{"-w", "2", "-l", "127.0.0.1:0", "--"}, tc.cmd...)...)
+			ctl := controlOf(t, h)
+			before := waitWorkers(t, ctl, 2)
+			addr := h.Addr("listen0")
+			keep := herdtest.StartLoad(addr, 6, true)
+			fresh := herdtest.StartLoad(addr, 3, false)
+			time.Sleep(300 * time.Millisecond)
+			for round := range 2 {
+				if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+					t.Fatalf("reload %d: exit %d: %s", round, code, stderr)
+				}
+			}
+			// A third one by signal, as with nginx and gunicorn.
+			reloaded := h.Count(`msg=reloaded`)
+			h.Signal(syscall.SIGHUP)
+			if !herdtest.Eventually(30*time.Second, func() bool { return h.Count(`msg=reloaded`) > reloaded }) {
+				t.Fatal("SIGHUP did not reload")
+			}
+			after := waitWorkers(t, ctl, 2)
+			time.Sleep(300 * time.Millisecond)
+			k, f := keep.Stop(), fresh.Stop()
+			if k.Failed+f.Failed != 0 {
+				t.Errorf("%d keep-alive and %d new-connection requests failed over 3 reloads; first: %v %v", k.Failed, f.Failed, k.Errors, f.Errors)
+			}
+			if k.OK < 100 || f.OK < 50 {
+				t.Errorf("only %d keep-alive and %d new-connection answers", k.OK, f.OK)
+			}
+			for i := range 2 {
+				if after.Workers[i].PID == before.Workers[i].PID {
+					t.Errorf("worker %d kept pid %d through 3 reloads", i, after.Workers[i].PID)
+				}
+			}
+		})
+	}
+}
+
+// A reload whose new workers never become ready stops at the first one,
+// says why, exits 1, and the old workers keep serving.
+func TestFailedReloadKeepsTheOldWorkers(t *testing.T) {
+	t.Parallel()
+	broken := filepath.Join(t.TempDir(), "broken")
+	h := startHerd(t, []string{"TEST_NOT_READY_IF=" + broken}, argv("-w", "2", "-l", "127.0.0.1:0", "--ready-timeout", "500ms", worker("lib"))...)
+	ctl := controlOf(t, h)
+	before := waitWorkers(t, ctl, 2)
+	os.WriteFile(broken, nil, 0o644)
+	code, _, stderr := herdCtl(t, ctl, "reload")
+	if code != 1 || !strings.Contains(stderr, "reload stopped after 0 of 2 workers") || !strings.Contains(stderr, "not ready within 500ms") {
+		t.Fatalf("reload to broken workers: exit %d, stderr %q", code, stderr)
+	}
+	after := waitWorkers(t, ctl, 2)
+	for i := range 2 {
+		if after.Workers[i].PID != before.Workers[i].PID {
+			t.Errorf("worker %d: pid %d, want the old %d", i, after.Workers[i].PID, before.Workers[i].PID)
+		}
+	}
+	if !strings.Contains(h.Stderr(), `msg="reload failed"`) {
+		t.Error("herd's log does not say the reload failed")
+	}
+	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
+}
+
+func TestRestartStopAndLogs(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "2", worker("print", "line-one", "line-two"))...)
+	ctl := controlOf(t, h)
+	before := waitWorkers(t, ctl, 2)
+
+	code, stdout, _ := herdCtl(t, ctl, "logs", "-n", "10")
+	for _, w := range before.Workers {
+		if code != 0 || !strings.Contains(stdout, fmt.Sprintf("w%d %d | line-one", w.ID, w.PID)) {
+			t.Errorf("herd logs printed %q, want line-one of worker %d", stdout, w.ID)
+		}
+	}
+
+	// A follower sees the output of the replacement that restart starts.
+	follow := exec.Command(os.Args[0], "logs", "-f", "-n", "0")
+	follow.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "HERD_CONTROL="+ctl)
+	out, _ := follow.StdoutPipe()
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	followed := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		var got strings.Builder
+		for {
+			n, err := out.Read(buf)
+			got.Write(buf[:n])
+			if strings.Contains(got.String(), "line-two") || err != nil {
+				followed <- got.String()
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if code, _, stderr := herdCtl(t, ctl, "restart", "1"); code != 0 {
+		t.Fatalf("herd restart 1: exit %d: %s", code, stderr)
+	}
+	after := waitWorkers(t, ctl, 2)
+	if after.Workers[1].PID == before.Workers[1].PID || after.Workers[0].PID != before.Workers[0].PID {
+		t.Errorf("restart 1: pids %d %d -> %d %d", before.Workers[0].PID, before.Workers[1].PID, after.Workers[0].PID, after.Workers[1].PID)
+	}
+	select {
+	case got := <-followed:
+		if !strings.Contains(got, fmt.Sprintf("w1 %d | line-one", after.Workers[1].PID)) {
+			t.Errorf("herd logs -f printed %q, want the new worker's lines", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("herd logs -f saw nothing of the new worker")
+	}
+	follow.Process.Signal(syscall.SIGINT)
+	follow.Wait()
+
+	if code, _, stderr := herdCtl(t, ctl, "stop"); code != 0 {
+		t.Fatalf("herd stop: exit %d: %s", code, stderr)
+	}
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("herd run exited %d after herd stop", code)
+	}
+}
+
+func TestControlSocketIsPrivate(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", worker("lib"))...)
+	ctl := controlOf(t, h)
+	fi, err := os.Stat(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("control socket mode %v, want a socket with 0600", fi.Mode())
+	}
+	// A second herd with the same control socket is refused.
+	second := startHerd(t, []string{"HERD_CONTROL=" + ctl}, argv("-w", "1", worker("lib"))...)
+	if code := second.Wait(15 * time.Second); code != 1 || !strings.Contains(second.Stderr(), "another herd is already running") {
+		t.Errorf("second herd on the same socket: exit %d, stderr %q", code, second.Stderr())
+	}
+	if h.Exited() {
+		t.Error("the first herd stopped")
+	}
+}
+
+func TestOperationErrorsAreOneClearLine(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", worker("lib"))...)
+	ctl := controlOf(t, h)
+	waitWorkers(t, ctl, 1)
+	nowhere := herdtest.ControlPath(t)
+	for _, tc := range []struct {
+		name string
+		ctl  string
+		args []string
+		code int
+		want string
+	}{
+		{"restart missing worker", ctl, []string{"restart", "9"}, 1, "no such worker 9"},
+		{"restart bad id", ctl, []string{"restart", "x"}, 2, "WORKER must be a worker id"},
+		{"scale to zero", ctl, []string{"scale", "0"}, 2, "at least 1 must run"},
+		{"scale below one", ctl, []string{"scale", "--", "-5"}, 1, "at least 1 must run"},
+		{"scale nonsense", ctl, []string{"scale", "many"}, 2, "is not N, +K or -K"},
+		{"status extra argument", ctl, []string{"status", "x"}, 2, "takes 0 argument"},
+		{"reload nothing running", nowhere, []string{"reload"}, 1, "no herd is running"},
+		{"bad readiness", ctl, []string{"run", "--ready", "soon", "--", "true"}, 2, "--ready"},
+		{"bad health", ctl, []string{"run", "--health", "udp", "--", "true"}, 2, "--health"},
+		{"bad memory", ctl, []string{"run", "--max-memory", "lots", "--", "true"}, 2, "--max-memory"},
+		{"health without per-worker sockets", nowhere, []string{"run", "--balance", "shared", "-w", "2", "-l", "127.0.0.1:0", "--health", "tcp", "--", "true"}, 2, "need a TCP listener"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := herdCtl(t, tc.ctl, tc.args...)
+			lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+			if code != tc.code || len(lines) != 1 || !strings.HasPrefix(lines[0], "herd: ") || !strings.Contains(lines[0], tc.want) || stdout != "" {
+				t.Errorf("exit %d, stderr %q; want exit %d and one line with %q", code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+	if h.Exited() {
+		t.Fatal("a bad request ended the cluster")
+	}
+}
