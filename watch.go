@@ -11,10 +11,13 @@ import (
 	"github.com/herd-sh/herd/internal/probe"
 )
 
-// How often the readiness probes look.
+// How often the readiness probes look: often while most workers come up
+// (a replacement after a crash waits for the probe), less after that.
 const (
-	listenProbeEvery = 20 * time.Millisecond
-	httpProbeEvery   = 50 * time.Millisecond
+	listenProbeEvery = 5 * time.Millisecond
+	httpProbeEvery   = 20 * time.Millisecond
+	slowProbeAfter   = 2 * time.Second
+	slowProbeEvery   = 50 * time.Millisecond
 )
 
 // watchReadiness starts what tells the slot that p, whose command has just
@@ -56,7 +59,7 @@ func (s *Supervisor) watchReadiness(p *process) {
 		inodes := s.socketInodes(p.slot)
 		auto := r.Mode == ReadyAuto
 		p.sl.watch(p, func() {
-			seen := 0 // listen probes in a row that found every socket
+			confirm := false
 			every(p, listenProbeEvery, func() bool {
 				if auto && p.speaks.Load() {
 					return false // it will say herd.ready
@@ -67,19 +70,20 @@ func (s *Supervisor) watchReadiness(p *process) {
 					}
 					return false
 				}
-				if ok, _ := probe.Accepting(p.pid, inodes); ok {
-					seen++
-				} else {
-					seen = 0
+				if ok, _ := probe.Accepting(p.pid, inodes); !ok {
+					return true
 				}
-				// Twice in a row: a worker that speaks the protocol has
-				// said hello by then (it says it before it takes its
-				// sockets), so auto does not take it for a plain one.
-				if seen >= 2 {
-					ready()
-					return false
+				// A worker that speaks the protocol says hello before it
+				// takes its sockets, so its hello is in the channel by
+				// now: before taking the worker for a plain one, make sure
+				// nothing is left unread, and give the read loop a tick to
+				// finish with what it read.
+				if auto && !confirm {
+					confirm = p.ch.Pending() == 0
+					return true
 				}
-				return true
+				ready()
+				return false
 			})
 		})
 	}
@@ -171,14 +175,22 @@ func (s *Supervisor) recycleAfterLifetime(p *process) {
 	}
 }
 
-// every calls f every d until it returns false or p's leader exits.
+// every calls f every d until it returns false or p's leader exits; after
+// slowProbeAfter it slows down to slowProbeEvery if d was faster.
 func every(p *process, d time.Duration, f func() bool) {
 	t := time.NewTicker(d)
 	defer t.Stop()
+	slow := time.After(slowProbeAfter)
+	if d >= slowProbeEvery {
+		slow = nil
+	}
 	for {
 		select {
 		case <-p.gone:
 			return
+		case <-slow:
+			slow = nil
+			t.Reset(slowProbeEvery)
 		case <-t.C:
 			if !f() {
 				return

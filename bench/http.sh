@@ -9,7 +9,8 @@
 # The whole list of scenarios is run ROUNDS times, interleaved (A B C, A B C,
 # ...), and each figure is the median over the rounds with its range: on a
 # 2-core machine one wrk run drifts by +-10% from the next, so a ratio of two
-# single runs says little. Ratios are computed from the medians.
+# single runs says little. Each ratio is the median of the per-round ratios
+# (scenarios of one round run minutes apart, not hours).
 #
 # Scenarios:
 #   node-single               one plain `node examples/node/hello.js`
@@ -321,14 +322,6 @@ cell() { # cell VALUES...: "median (min-max)"
 	r=$(spread "$@")
 	echo "${m:-n/a}${r:+ ($r)}"
 }
-declare -A KAM=() CLM=()
-for name in "${SCENARIOS[@]}"; do
-	# shellcheck disable=SC2086 # split the per-round values
-	KAM[$name]=$(median ${KA[$name]:-})
-	# shellcheck disable=SC2086
-	CLM[$name]=$(median ${CL[$name]:-})
-done
-
 ratio() { # ratio A B: A/B as a percentage, or n/a
 	awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a > 0 && b > 0) printf "%.1f%%", 100 * a / b; else printf "n/a" }'
 }
@@ -342,10 +335,25 @@ for name in "${SCENARIOS[@]}"; do
 	echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
 done
 
+# paired A B VALUES_A VALUES_B: the median of the per-round ratios A/B,
+# which cancels the drift between rounds that a ratio of medians keeps.
+paired() {
+	local -a a b
+	read -r -a a <<<"$1"
+	read -r -a b <<<"$2"
+	local i out=()
+	for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
+		out+=("$(awk -v x="${a[i]}" -v y="${b[i]}" 'BEGIN { if (x > 0 && y > 0) printf "%.4f", x / y }')")
+	done
+	local m
+	m=$(median "${out[@]}")
+	[[ -n $m ]] && awk -v r="$m" 'BEGIN { printf "%.1f%%", 100 * r }' || printf 'n/a'
+}
+
 echo
-echo "| ratio of medians | keep-alive | close |"
+echo "| ratio (median of per-round ratios) | keep-alive | close |"
 echo "| --- | ---: | ---: |"
-row() { echo "| $1 / $2 | $(ratio "${KAM[$1]:-}" "${KAM[$2]:-}") | $(ratio "${CLM[$1]:-}" "${CLM[$2]:-}") |"; }
+row() { echo "| $1 / $2 | $(paired "${KA[$1]:-}" "${KA[$2]:-}") | $(paired "${CL[$1]:-}" "${CL[$2]:-}") |"; }
 row herd-reuseport node-cluster-rr
 row herd-reuseport node-cluster-none
 row herd-shared node-cluster-rr
