@@ -103,7 +103,7 @@ type ReadyMode string
 const (
 	// ReadyAuto: ReadyMessage for a worker that speaks the protocol (it
 	// said herd.hello, as Go library workers do), else ReadyListen for a
-	// worker with sockets, else ready once the command runs.
+	// worker with sockets, else ready a second after its command started.
 	ReadyAuto ReadyMode = "auto"
 	// ReadyMessage: when the worker sends herd.ready.
 	ReadyMessage ReadyMode = "message"

@@ -285,7 +285,8 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 
 // Scale sets the number of workers to n: new slots start at once, and the
 // highest slots above n are drained and removed. It returns when the new
-// slots are started and the removed ones asked to stop.
+// slots are started and the removed ones asked to stop. A scale-up that
+// brings back a slot still draining from a scale-down waits for it.
 func (s *Supervisor) Scale(ctx context.Context, n int) error {
 	if n < 1 || n > maxWorkers {
 		return fmt.Errorf("%w: workers must be between 1 and %d, got %d", ErrBadOptions, maxWorkers, n)
@@ -377,6 +378,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer sampling.Wait()
 	defer stopSampling()
 
+	var deferred *scaleReq // a scale-up waiting for retiring slots
+	startSlot := func(sl *slot) {
+		running[sl] = true
+		runSlot(sl)
+	}
 	var first error
 	stopping := false
 	stopAll := func() {
@@ -407,14 +413,29 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				stopAll()
 			}
 		case req := <-s.scaleReq:
+			if deferred != nil {
+				deferred.done <- fmt.Errorf("scale to %d: %w: superseded by a scale to %d", deferred.n, ErrBusy, req.n)
+				deferred = nil
+			}
 			if stopping {
 				req.done <- fmt.Errorf("scale: %w", ErrStopping)
 				continue
 			}
-			req.done <- s.scale(req.n, retiring, func(sl *slot) {
-				running[sl] = true
-				runSlot(sl)
-			})
+			if waitsForRetiring(req.n, len(s.slotList()), retiring) {
+				// A scale-up that brings back a slot still draining from a
+				// scale-down waits for it to end.
+				deferred = &req
+				continue
+			}
+			req.done <- s.scale(req.n, retiring, startSlot)
+		}
+		if deferred != nil && (stopping || !waitsForRetiring(deferred.n, len(s.slotList()), retiring)) {
+			if stopping {
+				deferred.done <- fmt.Errorf("scale: %w", ErrStopping)
+			} else {
+				deferred.done <- s.scale(deferred.n, retiring, startSlot)
+			}
+			deferred = nil
 		}
 	}
 	slots.Wait()
@@ -425,6 +446,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 type slotResult struct {
 	sl  *slot
 	err error
+}
+
+// waitsForRetiring reports whether scaling from now to n slots would
+// bring back a slot that is still draining.
+func waitsForRetiring(n, now int, retiring map[int]*slot) bool {
+	for id := now; id < n; id++ {
+		if retiring[id] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // maxWorkers bounds Workers and Scale.
@@ -439,11 +471,6 @@ func (s *Supervisor) scale(n int, retiring map[int]*slot, start func(*slot)) err
 		return nil
 	}
 	if n > len(old) {
-		for id := len(old); id < n; id++ {
-			if retiring[id] != nil {
-				return fmt.Errorf("scale to %d: %w: worker %d is still stopping from an earlier scale-down", n, ErrBusy, id)
-			}
-		}
 		if err := s.sockets.Grow(n); err != nil {
 			return fmt.Errorf("scale to %d: %w", n, err)
 		}

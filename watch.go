@@ -18,6 +18,9 @@ const (
 	httpProbeEvery   = 20 * time.Millisecond
 	slowProbeAfter   = 2 * time.Second
 	slowProbeEvery   = 50 * time.Millisecond
+	// plainGrace is how long a worker without sockets has to say hello
+	// before ReadyAuto takes it for one that does not speak the protocol.
+	plainGrace = time.Second
 )
 
 // watchReadiness starts what tells the slot that p, whose command has just
@@ -65,10 +68,13 @@ func (s *Supervisor) watchReadiness(p *process) {
 					return false // it will say herd.ready
 				}
 				if len(inodes) == 0 {
-					if auto {
-						ready() // nothing to accept on; it did not say hello
+					// Nothing to accept on: a worker that has not said
+					// hello a second after it started is a plain one.
+					if auto && time.Since(p.started) >= plainGrace {
+						ready()
+						return false
 					}
-					return false
+					return auto
 				}
 				if ok, _ := probe.Accepting(p.pid, inodes); !ok {
 					return true
@@ -121,9 +127,12 @@ func (s *Supervisor) watchHealth(p *process) {
 			})
 		})
 	}
-	if h.Heartbeat > 0 && p.speaks.Load() {
+	if h.Heartbeat > 0 {
 		p.sl.watch(p, func() {
 			every(p, h.Heartbeat/4, func() bool {
+				if !p.speaks.Load() {
+					return true // only workers that speak the protocol beat
+				}
 				silent := time.Since(time.Unix(0, p.lastBeat.Load()))
 				if silent > h.Heartbeat {
 					unhealthy(fmt.Errorf("no heartbeat for %v (--heartbeat-timeout %v): hung", silent.Round(time.Millisecond), h.Heartbeat))
