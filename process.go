@@ -217,6 +217,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	settled := waitLeaderExit(p.pid) == nil
 	if settled {
 		close(p.gone)
+		p.sl.post(procEvent{p: p, kind: evLeftGroup})
 		s.settleGroup(p)
 	}
 	p.mu.Lock()

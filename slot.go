@@ -74,6 +74,7 @@ type evKind int
 
 const (
 	evExec      evKind = iota // the trampoline exec'd the command, or failed (err)
+	evLeftGroup               // the leader exited; reaping and draining follow
 	evReady                   // the worker is serving
 	evNotReady                // it did not become ready in time (err)
 	evExited                  // reaped, output drained (st)
@@ -379,6 +380,17 @@ func (m *machine) event(e procEvent) error {
 		}
 		m.command(slotCmd{kind: cmdReplace, reason: reason, done: e.done})
 
+	case evLeftGroup:
+		// A worker that died on its own and is to be restarted at once
+		// gets its replacement now, not after its output and channel are
+		// drained: every millisecond here is one its clients wait.
+		if p == m.cur && p.running && !p.asked && !m.stopping && m.next == nil && m.backoff.AtOnce(time.Since(p.started)) {
+			if np, err := m.sup.startProcess(m.slot); err == nil {
+				m.next = np
+				m.publish(func(i *WorkerInfo) { i.NextPID = np.pid })
+			}
+		}
+
 	case evDeadline:
 		if !p.exited {
 			m.log.Warn("worker did not stop in time; killing its process group", "pid", p.pid, "timeout", m.sup.opts.StopTimeout.String())
@@ -469,8 +481,11 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 			m.id, ErrCrashLoop, r.MaxRestarts, r.Window, status)
 	}
 	m.publish(func(i *WorkerInfo) { i.Restarts++ })
+	delay := m.backoff.Next(uptime)
 	if m.next != nil {
-		// A replacement is starting already: it takes over.
+		// A replacement is starting already (a reload, or started when
+		// the leader died): it takes over.
+		m.sup.emit(p, Event{Kind: EventRestart})
 		m.cur, m.next = m.next, nil
 		m.current.Store(m.cur)
 		m.publish(func(i *WorkerInfo) {
@@ -478,7 +493,6 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		})
 		return nil
 	}
-	delay := m.backoff.Next(uptime)
 	m.sup.emit(p, Event{Kind: EventRestart, Delay: delay})
 	why := p.notReady
 	if why == nil {

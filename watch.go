@@ -14,9 +14,9 @@ import (
 // How often the readiness probes look: often while most workers come up
 // (a replacement after a crash waits for the probe), less after that.
 const (
-	listenProbeEvery = 5 * time.Millisecond
+	listenProbeEvery = 2 * time.Millisecond
 	httpProbeEvery   = 20 * time.Millisecond
-	slowProbeAfter   = 2 * time.Second
+	slowProbeAfter   = time.Second
 	slowProbeEvery   = 50 * time.Millisecond
 	// plainGrace is how long a worker without sockets has to say hello
 	// before ReadyAuto takes it for one that does not speak the protocol.

@@ -7,7 +7,8 @@
 # Each side is run ROUNDS times, interleaved; figures are medians with their
 # range. One way: small messages ({"type":"n","data":i}) worker -> primary,
 # as fast as the channel takes them. Round trip: worker -> primary ->
-# worker, one at a time, driven by the worker's message handler.
+# worker, one at a time, driven by the worker's message handler. Each
+# measurement runs in a fresh cluster (PHASE=rtt, PHASE=oneway).
 #
 # Knobs: ROUNDS=5, MSGS=2000000 (one-way messages per run), RTT=20000.
 set -euo pipefail
@@ -31,15 +32,21 @@ echo '```'
 declare -A V=()
 for ((r = 1; r <= ROUNDS; r++)); do
 	for side in herd node; do
-		if [[ $side == herd ]]; then
-			out=$("$tmp/ipcbench" 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
-		else
-			out=$(node bench/node-ipc.js 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
-		fi
+		out=
+		# Each measurement in a fresh process: the round trips must not run
+		# in the aftermath (garbage, queues) of the one-way flood.
+		for phase in rtt oneway; do
+			if [[ $side == herd ]]; then
+				out+=$(PHASE=$phase "$tmp/ipcbench" 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
+			else
+				out+=$(PHASE=$phase node bench/node-ipc.js 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
+			fi
+			out+=$'\n'
+		done
 		echo "round $r $side: $(echo "$out" | tr '\n' ' ')" >&2
 		while read -r key val; do
 			V[$side.$key]+="$val "
-		done <<<"$out"
+		done <<<"$(grep . <<<"$out")"
 	done
 done
 

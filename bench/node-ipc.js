@@ -36,9 +36,13 @@ function count(name, fallback) {
 
 const MSGS = count('MSGS', 1_000_000);
 const ROUNDS = count('RTT', 20_000);
+// PHASE=oneway or rtt runs one measurement only, in a fresh process (so
+// that the round trips do not run in the one-way flood's aftermath).
+const PHASE = process.env.PHASE || 'both';
 
 if (cluster.isPrimary) {
   const worker = cluster.fork();
+  if (PHASE === 'rtt') worker.once('online', () => worker.send({ type: 'rtt' }));
   let received = 0;
   let first = 0n;
   let done = false;
@@ -50,7 +54,12 @@ if (cluster.isPrimary) {
         if (received === MSGS) {
           const rate = (MSGS - 1) / (Number(now - first) / 1e9);
           process.stdout.write(`oneway_msgs_per_s ${Math.round(rate)}\n`);
-          worker.send({ type: 'rtt' });
+          if (PHASE === 'oneway') {
+            done = true;
+            worker.disconnect();
+          } else {
+            worker.send({ type: 'rtt' });
+          }
         }
         break;
       }
@@ -117,5 +126,5 @@ if (cluster.isPrimary) {
       process.send({ type: 'result', median: rank(0.5), p99: rank(0.99) });
     }
   });
-  pump();
+  if (PHASE !== 'rtt') pump();
 }

@@ -6,6 +6,9 @@
 //
 //	go run ./bench/ipcbench            # MSGS=2000000 RTT=20000
 //
+// PHASE=oneway or PHASE=rtt runs one of the two measurements only, in a
+// fresh process.
+//
 // Output (stdout), the same lines node-ipc.js prints:
 //
 //	oneway_msgs_per_s N
@@ -88,28 +91,37 @@ func primaryMain() error {
 		return err
 	}
 	go func() { runErr <- sup.Run(ctx) }()
+	phase := os.Getenv("PHASE")
 	var d time.Duration
-	select {
-	case d = <-oneWay:
-	case err := <-runErr:
-		return fmt.Errorf("cluster ended: %v", err)
+	if phase != "rtt" {
+		select {
+		case d = <-oneWay:
+		case err := <-runErr:
+			return fmt.Errorf("cluster ended: %v", err)
+		}
 	}
 	var rtt struct{ Median, P99 float64 }
-	select {
-	case raw := <-results:
-		if err := json.Unmarshal(raw, &rtt); err != nil {
-			return err
+	if phase != "oneway" {
+		select {
+		case raw := <-results:
+			if err := json.Unmarshal(raw, &rtt); err != nil {
+				return err
+			}
+		case err := <-runErr:
+			return fmt.Errorf("cluster ended: %v", err)
 		}
-	case err := <-runErr:
-		return fmt.Errorf("cluster ended: %v", err)
 	}
 	stop()
 	if err := <-runErr; err != nil {
 		return err
 	}
-	fmt.Printf("oneway_msgs_per_s %.0f\n", float64(msgs-1)/d.Seconds())
-	fmt.Printf("rtt_median_us %.1f\n", rtt.Median)
-	fmt.Printf("rtt_p99_us %.1f\n", rtt.P99)
+	if phase != "rtt" {
+		fmt.Printf("oneway_msgs_per_s %.0f\n", float64(msgs-1)/d.Seconds())
+	}
+	if phase != "oneway" {
+		fmt.Printf("rtt_median_us %.1f\n", rtt.Median)
+		fmt.Printf("rtt_p99_us %.1f\n", rtt.P99)
+	}
 	return nil
 }
 
@@ -145,10 +157,17 @@ func workerMain() error {
 	}
 	defer w.Close()
 	w.Ready()
-	for n := range msgs {
-		if err := w.Send("n", n); err != nil {
-			return err
+	phase := os.Getenv("PHASE")
+	if phase != "rtt" {
+		for n := range msgs {
+			if err := w.Send("n", n); err != nil {
+				return err
+			}
 		}
+	}
+	if phase == "oneway" {
+		<-w.Context().Done()
+		return nil
 	}
 	ping()
 	select {

@@ -50,7 +50,9 @@ func main() {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
-	if worker.IsWorker() {
+	// Under herd (with sockets from it) the library serves; run by hand
+	// (even with HERD_WORKER_ID set, as the benchmarks do) it listens itself.
+	if worker.IsWorker() && os.Getenv("LISTEN_FDS") != "" {
 		w, err := worker.Start(worker.Options{})
 		if err != nil {
 			log.Fatal(err)

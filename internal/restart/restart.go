@@ -42,6 +42,12 @@ func (b *Backoff) Next(uptime time.Duration) time.Duration {
 	return min(d, b.max)
 }
 
+// AtOnce reports whether an exit after uptime would be restarted at once
+// (Next would return 0), without recording it.
+func (b *Backoff) AtOnce(uptime time.Duration) bool {
+	return uptime >= b.resetAfter || b.failures == 0
+}
+
 // Failures is the number of quick exits in a row so far.
 func (b *Backoff) Failures() int { return b.failures }
 

@@ -73,3 +73,13 @@ func TestNoLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestAtOnceAgreesWithNext(t *testing.T) {
+	b := NewBackoff(100*time.Millisecond, time.Second, 10*time.Second)
+	for i, uptime := range []time.Duration{time.Second, time.Second, 20 * time.Second, 0, 0} {
+		predicted := b.AtOnce(uptime)
+		if got := b.Next(uptime) == 0; got != predicted {
+			t.Fatalf("exit %d after %v: AtOnce %v, Next restarts at once %v", i, uptime, predicted, got)
+		}
+	}
+}
