@@ -60,6 +60,32 @@ func (e *primaryEnd) Message(m ipc.Message) {
 	case ipc.TypeReady:
 		p.sl.post(procEvent{p: p, kind: evReady})
 	case ipc.TypeHeartbeat:
+	case ipc.TypeTook, ipc.TypeClosed:
+		if s.handover == nil {
+			return
+		}
+		n := 1
+		if len(m.Data) > 0 {
+			if err := json.Unmarshal(m.Data, &n); err != nil || n < 0 {
+				e.bad(fmt.Errorf("%s with data %s: want a count", m.Type, m.Data))
+				return
+			}
+		}
+		if m.Type == ipc.TypeTook {
+			s.handover.took(p, n)
+		} else {
+			s.handover.closed(p, n)
+		}
+	case "":
+		// Node's own internal messages, when its channel is ours.
+		if s.handover != nil {
+			switch m.Cmd {
+			case "NODE_HANDLE_ACK":
+				s.handover.took(p, 1)
+			case "NODE_HANDLE_NACK":
+				s.handover.nack(p)
+			}
+		}
 	case ipc.TypeBroadcast:
 		for _, sl := range s.slotList() {
 			if sl.id != p.slot {

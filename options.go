@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -24,7 +25,32 @@ const (
 	// BalanceShared gives every worker the same listening socket; the
 	// worker that accepts first wins (the default off Linux).
 	BalanceShared Balance = "shared"
+	// BalanceRoundRobin, BalanceLeastConn and BalanceSticky make the
+	// primary accept each connection and hand it to a worker over the
+	// worker's channel (the fd passed with SCM_RIGHTS): in turn; to the
+	// worker with the fewest open connections; or by client IP, the same
+	// client to the same worker while it lives. Workers receive them with
+	// the worker package's listeners, Node's process.on('message'), or by
+	// hand (docs/protocol.md).
+	BalanceRoundRobin Balance = "round-robin"
+	BalanceLeastConn  Balance = "least-conn"
+	BalanceSticky     Balance = "sticky"
+	// BalanceProxy is for apps that only bind a port: each worker gets a
+	// private loopback port in PORT (and HOST=127.0.0.1), and the primary
+	// proxies every connection to one of them, picked by ProxyPolicy.
+	BalanceProxy Balance = "proxy"
 )
+
+// handsOff reports whether the primary accepts and hands connections over.
+func (b Balance) handsOff() bool {
+	return b == BalanceRoundRobin || b == BalanceLeastConn || b == BalanceSticky
+}
+
+// primaryAccepts reports whether the primary, not the workers, accepts.
+func (b Balance) primaryAccepts() bool { return b.handsOff() || b == BalanceProxy }
+
+// Balances lists every balancing mode.
+var Balances = []Balance{BalanceReuseport, BalanceShared, BalanceRoundRobin, BalanceLeastConn, BalanceSticky, BalanceProxy}
 
 // DefaultBalance is the balancing mode used when Options.Balance is empty.
 func DefaultBalance() Balance {
@@ -76,6 +102,15 @@ type Options struct {
 	// Ready says when a new worker counts as serving: what a rolling
 	// reload waits for before it stops the worker it replaces.
 	Ready Readiness
+	// ProxyPolicy picks the worker in BalanceProxy mode: BalanceRoundRobin
+	// (the default), BalanceLeastConn or BalanceSticky.
+	ProxyPolicy Balance
+	// NodeIPC makes the workers' channel Node's own IPC channel too
+	// (NODE_CHANNEL_FD), so that Node workers get messages with
+	// process.on('message') and handed-over connections as net.Socket
+	// handles. Empty means "auto": on in the hand-over modes when the
+	// command is node; "on" and "off" force it.
+	NodeIPC string
 	// Health checks running workers; a worker that fails is replaced.
 	Health HealthCheck
 	// MaxMemory, when positive, replaces a worker whose process group's
@@ -247,6 +282,12 @@ func (o Options) withDefaults() Options {
 	if o.StopSignal == 0 {
 		o.StopSignal = syscall.SIGTERM
 	}
+	if o.ProxyPolicy == "" {
+		o.ProxyPolicy = BalanceRoundRobin
+	}
+	if o.NodeIPC == "" {
+		o.NodeIPC = "auto"
+	}
 	if o.Ready.Mode == "" {
 		o.Ready.Mode = ReadyAuto
 	}
@@ -294,8 +335,12 @@ func (o Options) validate() error {
 		return bad("workers must be at least 1, got %d", o.Workers)
 	case o.Workers > maxWorkers:
 		return bad("workers must be at most %d, got %d", maxWorkers, o.Workers)
-	case o.Balance != BalanceReuseport && o.Balance != BalanceShared:
-		return bad("unknown balance mode %q (want reuseport or shared)", o.Balance)
+	case !slices.Contains(Balances, o.Balance):
+		return bad("unknown balance mode %q (want reuseport, shared, round-robin, least-conn, sticky or proxy)", o.Balance)
+	case o.ProxyPolicy != BalanceRoundRobin && o.ProxyPolicy != BalanceLeastConn && o.ProxyPolicy != BalanceSticky:
+		return bad("unknown proxy policy %q (want round-robin, least-conn or sticky)", o.ProxyPolicy)
+	case o.NodeIPC != "auto" && o.NodeIPC != "on" && o.NodeIPC != "off":
+		return bad("node IPC must be auto, on or off, got %q", o.NodeIPC)
 	case o.StopTimeout < 0:
 		return bad("stop timeout must not be negative")
 	case o.Restart.BackoffInitial < 0 || o.Restart.BackoffMax < o.Restart.BackoffInitial:

@@ -43,6 +43,12 @@ type process struct {
 	bad logLimiter
 	// overMemory is set once the worker was reported over MaxMemory.
 	overMemory atomic.Bool
+	// node says the channel speaks Node's framing for handed connections.
+	node bool
+	// handoff tracks the connections handed to this worker.
+	handoff handoffState
+	// stuck is set once the worker was killed for not taking connections.
+	stuck atomic.Bool
 
 	// Owned by the slot's goroutine.
 	running    bool  // the worker command runs (exec succeeded)
@@ -88,14 +94,22 @@ func (p *process) kill() {
 }
 
 // workerEnv builds a worker's environment: base without any inherited
-// socket-activation or herd variables, plus this slot's.
-func workerEnv(base []string, slot, workers int, names []string) []string {
-	env := make([]string, 0, len(base)+5)
+// socket-activation or herd variables, plus this slot's. files are the
+// sockets it gets (fds 3..), named names; handed are the names of the
+// listeners whose connections it is handed instead; port is its own port
+// in proxy mode (0: none); node gives it Node's IPC channel.
+func workerEnv(base []string, slot, workers int, names, handed []string, port int, node bool) []string {
+	env := make([]string, 0, len(base)+8)
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "HERD_WORKER_ID", "HERD_WORKERS", "HERD_IPC_FD":
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "HERD_WORKER_ID", "HERD_WORKERS", "HERD_IPC_FD",
+			"HERD_HANDOFF", "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE":
 			continue
+		case "PORT", "HOST":
+			if port != 0 {
+				continue
+			}
 		}
 		env = append(env, kv)
 	}
@@ -103,17 +117,37 @@ func workerEnv(base []string, slot, workers int, names []string) []string {
 		// LISTEN_PID is set by the exec trampoline, in the worker itself.
 		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
+	if len(handed) > 0 {
+		env = append(env, "HERD_HANDOFF="+strings.Join(handed, ":"))
+	}
+	if port != 0 {
+		env = append(env, "PORT="+strconv.Itoa(port), "HOST=127.0.0.1")
+	}
+	ipcFD := strconv.Itoa(3 + len(names)) // the channel follows the sockets
+	if node {
+		env = append(env, "NODE_CHANNEL_FD="+ipcFD, "NODE_CHANNEL_SERIALIZATION_MODE=json")
+	}
 	return append(env,
 		"HERD_WORKER_ID="+strconv.Itoa(slot),
 		"HERD_WORKERS="+strconv.Itoa(workers),
-		// The channel follows the sockets.
-		"HERD_IPC_FD="+strconv.Itoa(3+len(names)))
+		"HERD_IPC_FD="+ipcFD)
 }
 
 // startProcess starts a worker for sl through the exec trampoline.
 func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	slot := sl.id
 	files, names := s.sockets.Files(slot)
+	var handed []string
+	port := 0
+	if s.opts.Balance.primaryAccepts() {
+		// The primary accepts; the workers get connections, or a port.
+		if s.opts.Balance.handsOff() {
+			handed = names
+		}
+		files, names = nil, nil
+		port = s.port(slot)
+	}
+	node := s.nodeIPC()
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
@@ -138,7 +172,7 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	if base == nil {
 		base = os.Environ()
 	}
-	env := workerEnv(base, slot, s.target(), names)
+	env := workerEnv(base, slot, s.target(), names, handed, port, node)
 	cmd, err := reexec.Command(s.path, s.argv, env, 3+len(extra)-1)
 	if err != nil {
 		closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
@@ -169,6 +203,7 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 		slot:    slot,
 		started: time.Now(),
 		ch:      ch,
+		node:    node,
 		gate:    make(chan struct{}),
 		gone:    make(chan struct{}),
 		killed:  make(chan struct{}),
@@ -245,6 +280,9 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	pumps.Wait()
 	<-reading
 	p.ch.Close()
+	if s.handover != nil {
+		s.handover.reclaim(p)
+	}
 	closeAll(outR, errR)
 	p.sl.post(procEvent{p: p, kind: evExited, st: p.cmd.ProcessState})
 }

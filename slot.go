@@ -45,6 +45,8 @@ type slot struct {
 	// current is the slot's serving worker process, for messages to it;
 	// nil while the slot has none.
 	current atomic.Pointer[process]
+	// live says new connections may go to the slot (Supervisor.setLive).
+	live atomic.Bool
 
 	cmds     chan slotCmd
 	events   chan procEvent

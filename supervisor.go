@@ -9,11 +9,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/herd-sh/herd/internal/logpump"
+	"github.com/herd-sh/herd/internal/proxy"
 	"github.com/herd-sh/herd/internal/reaper"
 	"github.com/herd-sh/herd/internal/reexec"
 	"github.com/herd-sh/herd/internal/sockets"
@@ -44,6 +47,16 @@ type Supervisor struct {
 	// probeGroup is the listener health and readiness probes connect to.
 	probeGroup int
 	rescues    rescuer
+	// handover runs the hand-over modes, proxy the proxy mode; nil in
+	// the others.
+	handover *handover
+	proxy    *proxy.Proxy
+	// backends is what the proxy may send connections to: the live
+	// slots, rebuilt by setLive.
+	backends atomic.Pointer[[]proxy.Backend]
+	// portMu guards ports, each slot's private port in proxy mode.
+	portMu sync.Mutex
+	ports  []int
 
 	ran      atomic.Bool
 	closeMu  sync.Mutex
@@ -99,6 +112,8 @@ func New(opts Options) (*Supervisor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCannotStart, err)
 	}
+	// In the modes where the primary accepts, each listener is one socket
+	// that only the primary uses.
 	mode := sockets.Shared
 	if opts.Balance == BalanceReuseport {
 		mode = sockets.Reuseport
@@ -121,6 +136,18 @@ func New(opts Options) (*Supervisor, error) {
 	if err := s.findProbeGroup(); err != nil {
 		set.Close()
 		return nil, err
+	}
+	if opts.Balance.handsOff() {
+		s.handover = newHandover(s)
+	}
+	if opts.Balance == BalanceProxy {
+		policy, _ := proxy.ParsePolicy(string(opts.ProxyPolicy))
+		s.proxy = proxy.New(proxy.PoolFunc(func() []proxy.Backend {
+			if b := s.backends.Load(); b != nil {
+				return *b
+			}
+			return nil
+		}), policy, s.log)
 	}
 	s.stdout = logpump.NewSink(orDefault(opts.Stdout, os.Stdout), format, "stdout", 0)
 	s.stderr = logpump.NewSink(orDefault(opts.Stderr, os.Stderr), format, "stderr", 0)
@@ -177,12 +204,48 @@ func (s *Supervisor) Listeners() []ListenerInfo {
 	return out
 }
 
+// port is slot's private port in proxy mode, chosen when first asked
+// (a free loopback port, kept for the slot's whole life); 0 otherwise.
+func (s *Supervisor) port(slot int) int {
+	if s.opts.Balance != BalanceProxy {
+		return 0
+	}
+	s.portMu.Lock()
+	defer s.portMu.Unlock()
+	for len(s.ports) <= slot {
+		s.ports = append(s.ports, 0)
+	}
+	if s.ports[slot] == 0 {
+		s.ports[slot] = freePort(s.ports)
+	}
+	return s.ports[slot]
+}
+
+// freePort finds a loopback port nobody listens on, other than taken.
+func freePort(taken []int) int {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !slices.Contains(taken, port) {
+			return port
+		}
+	}
+	return 0
+}
+
 // findProbeGroup picks the listener that readiness and health probes
 // connect to, when the options need one.
 func (s *Supervisor) findProbeGroup() error {
 	o := s.opts
-	if o.Ready.Mode != ReadyHTTP && o.Health.Kind == "" {
-		return nil
+	if o.Ready.Mode != ReadyHTTP && o.Health.Kind == "" || o.Balance == BalanceProxy {
+		return nil // nothing to probe, or each worker's own port
+	}
+	if o.Balance.handsOff() {
+		return fmt.Errorf("%w: HTTP readiness and health checks cannot reach one worker in --balance %s, where the primary accepts every connection; use heartbeats (--heartbeat-timeout) and herd.ready", ErrBadOptions, o.Balance)
 	}
 	for g := range s.sockets.Groups {
 		if _, _, ok := s.sockets.ProbeTarget(g, 0); ok {
@@ -356,6 +419,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		reaping.Go(func() { r.Run(reapCtx) })
 	}
 
+	if s.opts.Balance.primaryAccepts() {
+		stopAccepting, err := s.accept()
+		if err != nil {
+			return err
+		}
+		defer stopAccepting()
+	}
+
 	stop := make(chan struct{})
 	results := make(chan slotResult)
 	var slots sync.WaitGroup
@@ -405,9 +476,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			if retiring[r.sl.id] == r.sl {
 				delete(retiring, r.sl.id)
 				s.rescue(r.sl.id)
-				continue
-			}
-			if r.err != nil && first == nil {
+			} else if r.err != nil && first == nil {
 				// The caller reports err; logging it too would say it twice.
 				first = r.err
 				stopAll()
@@ -441,6 +510,47 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	slots.Wait()
 	s.log.Info("stopped")
 	return first
+}
+
+// accept starts the primary's accept loops (hand-over and proxy modes);
+// the returned function stops them and waits for them.
+func (s *Supervisor) accept() (func(), error) {
+	files, names := s.sockets.Files(0)
+	var (
+		closers []io.Closer
+		loops   sync.WaitGroup
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := func() {
+		for _, c := range closers {
+			c.Close()
+		}
+		cancel()
+		loops.Wait()
+	}
+	if s.handover != nil {
+		loops.Go(func() { s.handover.retry(ctx) })
+	}
+	for i, f := range files {
+		if s.handover != nil {
+			pf, err := pollable(f)
+			if err != nil {
+				stop()
+				return nil, fmt.Errorf("accept on %s: %w", names[i], err)
+			}
+			closers = append(closers, pf)
+			loops.Go(func() { s.handover.serve(pf, names[i]) })
+			continue
+		}
+		l, err := net.FileListener(f) // a copy, closed with it
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("accept on %s: %w", names[i], err)
+		}
+		closers = append(closers, l)
+		loops.Go(func() { s.proxy.Serve(ctx, l) })
+	}
+	return stop, nil
 }
 
 type slotResult struct {
@@ -518,6 +628,21 @@ func (s *Supervisor) setLive(slot int, live bool) {
 		return
 	}
 	s.live[slot] = live
+	if sl, err := s.slotByID(slot); err == nil {
+		sl.live.Store(live)
+	}
+	if live && s.handover != nil {
+		s.handover.poke()
+	}
+	if s.proxy != nil {
+		var bs []proxy.Backend
+		for i, l := range s.live {
+			if l {
+				bs = append(bs, proxy.Backend{Slot: i, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port(i)))})
+			}
+		}
+		s.backends.Store(&bs)
+	}
 	var ids []int
 	for i, l := range s.live {
 		if l {

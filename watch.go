@@ -59,6 +59,26 @@ func (s *Supervisor) watchReadiness(p *process) {
 			})
 		})
 	case ReadyListen, ReadyAuto:
+		if s.opts.Balance == BalanceProxy {
+			// The worker binds its own port: it is ready once it accepts
+			// there (the only connection its app sees from herd).
+			remote := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.port(p.slot)}
+			p.sl.watch(p, func() {
+				every(p, listenProbeEvery, func() bool {
+					if r.Mode == ReadyAuto && p.speaks.Load() {
+						return false
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					defer cancel()
+					if healthcheck.TCP(ctx, remote, nil) == nil {
+						ready()
+						return false
+					}
+					return true
+				})
+			})
+			return
+		}
 		inodes := s.socketInodes(p.slot)
 		auto := r.Mode == ReadyAuto
 		p.sl.watch(p, func() {
@@ -215,12 +235,18 @@ func (sl *slot) watch(p *process, f func()) { sl.watchers.Go(f) }
 // probeTarget is where the probes of slot go: the first listener that can
 // be reached per slot, from the source address that steers to slot.
 func (s *Supervisor) probeTarget(slot int) (remote, local *net.TCPAddr) {
+	if s.opts.Balance == BalanceProxy {
+		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.port(slot)}, nil
+	}
 	remote, local, _ = s.sockets.ProbeTarget(s.probeGroup, slot)
 	return remote, local
 }
 
 // socketInodes are the inodes of the sockets a worker of slot gets.
 func (s *Supervisor) socketInodes(slot int) []uint64 {
+	if s.opts.Balance.primaryAccepts() {
+		return nil // the worker gets no sockets
+	}
 	files, _ := s.sockets.Files(slot)
 	var out []uint64
 	for _, f := range files {

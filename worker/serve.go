@@ -56,10 +56,18 @@ func (w *Worker) Serve(srv *http.Server) error {
 		}
 	}
 	d.begin()
+	// Stop accepting on the sockets; connections handed over are still
+	// taken during the grace period: the primary stopped handing this
+	// worker new ones when it asked it to stop, but some may be on the way.
+	for _, l := range ls {
+		if _, handed := l.(*handoffListener); !handed {
+			l.Close()
+		}
+	}
+	d.wait(w.opts.DrainGrace)
 	for _, l := range ls {
 		l.Close()
 	}
-	d.wait(w.opts.DrainGrace)
 	err := srv.Shutdown(context.Background())
 	serving.Wait()
 	return errors.Join(serveErr, err)

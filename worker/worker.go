@@ -73,8 +73,12 @@ type Worker struct {
 	id, workers int
 	names       []string // listener names, in LISTEN_FDS order
 	listeners   map[string]net.Listener
-	opts        Options
-	ch          *channel.Conn // nil without a channel
+	// handoff are the listeners whose connections the primary hands over
+	// (HERD_HANDOFF); they are in listeners too.
+	handoff    map[string]*handoffListener
+	unreported unreportedCount // closed handed connections not yet reported
+	opts       Options
+	ch         *channel.Conn // nil without a channel
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -126,6 +130,19 @@ func Start(opts Options) (*Worker, error) {
 			w.ch.Close()
 		}
 		return nil, err
+	}
+	if v := os.Getenv("HERD_HANDOFF"); v != "" && w.ch != nil {
+		w.handoff = map[string]*handoffListener{}
+		for _, name := range strings.Split(v, ":") {
+			if _, taken := w.listeners[name]; name == "" || taken {
+				continue
+			}
+			l := newHandoffListener(name)
+			w.handoff[name] = l
+			w.names = append(w.names, name)
+			w.listeners[name] = l
+		}
+		os.Unsetenv("HERD_HANDOFF")
 	}
 	w.ctx, w.cancel = context.WithCancelCause(context.Background())
 	signal.Notify(w.sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -328,6 +345,8 @@ func (e *workerEnd) Message(m ipc.Message) {
 		}
 	case ipc.TypeShutdown:
 		w.cancel(ErrShutdown)
+	case ipc.TypeConn:
+		w.takeConn(m)
 	case ipc.TypeMessage:
 		from := -1
 		if m.From != nil {

@@ -469,7 +469,7 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 	}{
 		{"unknown flag", []string{"run", "--nosuch", "--", "true"}, "unknown flag: --nosuch", 2},
 		{"zero workers", []string{"run", "-w", "0", "--", "true"}, "--workers must be at least 1", 2},
-		{"bad balance", []string{"run", "--balance", "magic", "--", "true"}, "--balance must be reuseport or shared", 2},
+		{"bad balance", []string{"run", "--balance", "magic", "--", "true"}, "--balance must be reuseport, shared, round-robin", 2},
 		{"bad signal", []string{"run", "--stop-signal", "SIGNOPE", "--", "true"}, `unknown signal "SIGNOPE"`, 2},
 		{"bad duration", []string{"run", "--stop-timeout", "soon", "--", "true"}, `invalid argument "soon"`, 2},
 		{"no command", []string{"run", "-l", "127.0.0.1:0"}, "missing worker command", 2},

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,8 @@ type runFlags struct {
 	maxLifetime      time.Duration
 	lifetimeJitter   time.Duration
 	reloadBatch      int
+	proxyPolicy      string
+	nodeIPC          string
 }
 
 func newRunCmd() *cobra.Command {
@@ -68,7 +71,9 @@ or SIGINT (a second SIGINT kills at once).`,
 	fl.SetInterspersed(false)
 	fl.IntVarP(&f.workers, "workers", "w", 0, "number of workers (default: number of CPUs)")
 	fl.StringArrayVarP(&f.listen, "listen", "l", nil, "listen on `[NAME=]ADDR`: host:port, [ipv6]:port or unix:/path (repeatable)")
-	fl.StringVar(&f.balance, "balance", string(herd.DefaultBalance()), "how connections reach workers: reuseport or shared")
+	fl.StringVar(&f.balance, "balance", string(herd.DefaultBalance()), "how connections reach workers: reuseport, shared, round-robin, least-conn, sticky or proxy")
+	fl.StringVar(&f.proxyPolicy, "proxy-policy", "round-robin", "which worker a connection goes to in --balance proxy: round-robin, least-conn or sticky")
+	fl.StringVar(&f.nodeIPC, "node-ipc", "auto", "make the channel Node's own IPC channel too (NODE_CHANNEL_FD): auto (for node in the hand-over modes), on or off")
 	fl.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "time workers get to exit after the stop signal before they are killed")
 	fl.StringVar(&f.stopSignal, "stop-signal", "SIGTERM", "signal that asks a worker to stop")
 	fl.IntVar(&f.maxRestarts, "max-restarts", 0, "stop herd with an error when one worker restarts more than this many times within --restart-window (0: never)")
@@ -115,8 +120,16 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	if f.logFormat != "text" && f.logFormat != "json" {
 		return usageError{fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)}
 	}
-	if f.balance != string(herd.BalanceReuseport) && f.balance != string(herd.BalanceShared) {
-		return usageError{fmt.Errorf("--balance must be reuseport or shared, got %q", f.balance)}
+	if !slices.Contains(herd.Balances, herd.Balance(f.balance)) {
+		return usageError{fmt.Errorf("--balance must be reuseport, shared, round-robin, least-conn, sticky or proxy, got %q", f.balance)}
+	}
+	switch herd.Balance(f.proxyPolicy) {
+	case herd.BalanceRoundRobin, herd.BalanceLeastConn, herd.BalanceSticky:
+	default:
+		return usageError{fmt.Errorf("--proxy-policy must be round-robin, least-conn or sticky, got %q", f.proxyPolicy)}
+	}
+	if f.nodeIPC != "auto" && f.nodeIPC != "on" && f.nodeIPC != "off" {
+		return usageError{fmt.Errorf("--node-ipc must be auto, on or off, got %q", f.nodeIPC)}
 	}
 	maxMessage, err := parseSize(f.maxMessage)
 	if err != nil || maxMessage < 64 || maxMessage > 1<<30 {
@@ -173,6 +186,8 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 		MaxLifetime:    f.maxLifetime,
 		LifetimeJitter: f.lifetimeJitter,
 		ReloadBatch:    f.reloadBatch,
+		ProxyPolicy:    herd.Balance(f.proxyPolicy),
+		NodeIPC:        f.nodeIPC,
 	}
 	if opts.Restart.BackoffMax < 100*time.Millisecond {
 		opts.Restart.BackoffInitial = opts.Restart.BackoffMax

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/herd-sh/herd/internal/ipc"
 )
 
@@ -67,14 +69,20 @@ type Conn struct {
 	// end accepts relays, which may be RelaySlack longer.
 	readMax int
 	rd      *ipc.Reader // the read loop's, for SetMax
-	limit   int         // bytes queued or being written
-	epoch   time.Time   // lastSend counts from here (monotonic)
+	// acceptFDs says descriptors passed by the other side are kept for
+	// TakeFD (the worker's end); the primary's end closes any it gets.
+	acceptFDs bool
+	fdMu      sync.Mutex
+	fds       []int     // received, not yet taken, oldest first
+	limit     int       // bytes queued or being written
+	epoch     time.Time // lastSend counts from here (monotonic)
 
 	mu       sync.Mutex
-	out      []byte // queued, not yet taken by the writer
-	spare    []byte // the writer's previous buffer, reused
-	inflight int    // bytes taken by a write and not written yet
-	busy     bool   // a write is in progress (the writer's or a sender's)
+	out      []byte   // queued, not yet taken by the writer
+	marks    []fdMark // the messages in out that carry a descriptor
+	spare    []byte   // the writer's previous buffer, reused
+	inflight int      // bytes taken by a write and not written yet
+	busy     bool     // a write is in progress (the writer's or a sender's)
 	lastSend time.Duration
 	room     chan struct{}
 	waiting  bool // someone waits on room
@@ -129,6 +137,7 @@ func FromFD(fd int, maxMessage int) (*Conn, error) {
 	}
 	ch := New(c, maxMessage)
 	ch.readMax = ch.max + RelaySlack
+	ch.acceptFDs = true
 	return ch, nil
 }
 
@@ -187,10 +196,34 @@ func (c *Conn) Relay(m ipc.Message) error {
 	}
 }
 
+// fdMark says that the message at offset off of the queue carries fd
+// (SCM_RIGHTS): it is sent with that message's first byte, or earlier.
+type fdMark struct{ off, fd int }
+
+// maxFDsPerWrite bounds the descriptors sent with one write (the kernel
+// takes at most 253).
+const maxFDsPerWrite = 64
+
+// SendConn queues line, one complete message ending in '\n', with the
+// descriptor fd attached, unless more than maxQueued bytes wait already
+// (ErrFull): a worker slow to read gets no more connections while others
+// can take them. It never waits. fd stays the caller's: the channel sends
+// a copy and never closes it.
+func (c *Conn) SendConn(line []byte, fd int, maxQueued int) error {
+	_, err := c.put(nil, line, fd, false, maxQueued)
+	return err
+}
+
 // enqueue appends m to the queue, or writes it at once when the channel
 // was quiet. It returns a channel to wait on when the queue has no room,
 // else the result.
 func (c *Conn) enqueue(m ipc.Message, relay bool) (<-chan struct{}, error) {
+	return c.put(&m, nil, -1, relay, 0)
+}
+
+// put queues m encoded, or line as it is, with fd attached when fd >= 0.
+// With maxQueued > 0 it fails with ErrFull instead of waiting for room.
+func (c *Conn) put(m *ipc.Message, line []byte, fd int, relay bool, maxQueued int) (<-chan struct{}, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -201,11 +234,20 @@ func (c *Conn) enqueue(m ipc.Message, relay bool) (<-chan struct{}, error) {
 		return nil, ErrStalled
 	}
 	before := len(c.out)
-	out, err := ipc.Append(c.out, m)
-	if err != nil {
-		c.out = out[:before]
+	if maxQueued > 0 && before+c.inflight > maxQueued {
 		c.mu.Unlock()
-		return nil, err
+		return nil, ErrFull
+	}
+	var out []byte
+	if m != nil {
+		var err error
+		if out, err = ipc.Append(c.out, *m); err != nil {
+			c.out = out[:before]
+			c.mu.Unlock()
+			return nil, err
+		}
+	} else {
+		out = append(c.out, line...)
 	}
 	n := len(out) - before
 	if limit := c.max; n-1 > limit && (!relay || n-1 > limit+RelaySlack) {
@@ -216,12 +258,19 @@ func (c *Conn) enqueue(m ipc.Message, relay bool) (<-chan struct{}, error) {
 	// An empty queue takes any message that fits the limit.
 	if before+c.inflight > 0 && before+c.inflight+n > c.limit {
 		c.out = out[:before]
+		if maxQueued > 0 {
+			c.mu.Unlock()
+			return nil, ErrFull
+		}
 		c.waiting = true
 		room := c.room
 		c.mu.Unlock()
 		return room, nil
 	}
 	c.out = out
+	if fd >= 0 {
+		c.marks = append(c.marks, fdMark{before, fd})
+	}
 	now := time.Since(c.epoch)
 	quiet := now-c.lastSend > directGap
 	c.lastSend = now
@@ -240,15 +289,22 @@ func (c *Conn) enqueue(m ipc.Message, relay bool) (<-chan struct{}, error) {
 // with a single non-blocking write; what the socket does not take is left
 // for the writer. c.mu is held, and released.
 func (c *Conn) writeNow() {
-	buf := c.out
+	buf, marks := c.out, c.marks
 	c.out, c.spare = c.spare[:0], nil
+	c.marks = nil
 	c.busy, c.inflight = true, len(buf)
 	c.mu.Unlock()
 
 	n := 0
 	c.raw.Write(func(fd uintptr) bool {
 		for {
-			m, err := syscall.Write(int(fd), buf)
+			var m int
+			var err error
+			if len(marks) > 0 {
+				m, err = unix.SendmsgN(int(fd), buf, rights(marks), nil, 0)
+			} else {
+				m, err = syscall.Write(int(fd), buf)
+			}
 			if err == syscall.EINTR {
 				continue
 			}
@@ -260,7 +316,14 @@ func (c *Conn) writeNow() {
 	c.mu.Lock()
 	c.busy, c.inflight = false, 0
 	if rest := buf[n:]; len(rest) > 0 {
-		// Unwritten bytes go before whatever was queued meanwhile.
+		// Unwritten bytes go before whatever was queued meanwhile, with
+		// their descriptors if none went out.
+		for i := range c.marks {
+			c.marks[i].off += len(rest)
+		}
+		if n == 0 {
+			c.marks = append(marks, c.marks...)
+		}
 		c.out = append(append(make([]byte, 0, len(rest)+len(c.out)), rest...), c.out...)
 	}
 	c.spare = buf[:0]
@@ -269,6 +332,15 @@ func (c *Conn) writeNow() {
 	}
 	c.freed()
 	c.mu.Unlock()
+}
+
+// rights is the SCM_RIGHTS message for marks.
+func rights(marks []fdMark) []byte {
+	fds := make([]int, len(marks))
+	for i, m := range marks {
+		fds[i] = m.fd
+	}
+	return unix.UnixRights(fds...)
 }
 
 // wakeWriter makes sure the writer looks at the queue. c.mu is held.
@@ -292,21 +364,13 @@ func (c *Conn) writeLoop() {
 			c.mu.Unlock()
 			continue
 		}
-		buf := c.out
+		buf, marks := c.out, c.marks
 		c.out, c.spare = c.spare[:0], nil
+		c.marks = nil
 		c.busy, c.inflight = true, len(buf)
 		c.mu.Unlock()
 
-		var werr error
-		for len(buf) > 0 && werr == nil {
-			n := min(len(buf), writeChunk)
-			_, werr = c.conn.Write(buf[:n])
-			buf = buf[n:]
-			c.mu.Lock()
-			c.inflight = len(buf)
-			c.freed()
-			c.mu.Unlock()
-		}
+		werr := c.writeBatch(buf, marks)
 		c.mu.Lock()
 		c.busy = false
 		c.spare = buf[:0:cap(buf)]
@@ -319,6 +383,54 @@ func (c *Conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// writeBatch writes buf, sending the descriptors of marks with the first
+// byte of their messages (several at a time), and frees room as it goes.
+func (c *Conn) writeBatch(buf []byte, marks []fdMark) error {
+	pos := 0
+	written := func(n int) {
+		pos += n
+		c.mu.Lock()
+		c.inflight = len(buf) - pos
+		c.freed()
+		c.mu.Unlock()
+	}
+	for pos < len(buf) {
+		end := len(buf)
+		if len(marks) > 0 && marks[0].off == pos {
+			k := min(len(marks), maxFDsPerWrite)
+			if k < len(marks) {
+				end = marks[k].off
+			}
+			uc, ok := c.conn.(*net.UnixConn)
+			if !ok {
+				return errors.New("descriptors can only be passed on a Unix socket")
+			}
+			n, _, err := uc.WriteMsgUnix(buf[pos:end], rights(marks[:k]), nil)
+			marks = marks[k:]
+			written(n)
+			if err != nil {
+				return err
+			}
+			if pos < end { // a short write: the rest goes plain
+				if _, err := c.conn.Write(buf[pos:end]); err != nil {
+					return err
+				}
+				written(end - pos)
+			}
+			continue
+		}
+		if len(marks) > 0 {
+			end = marks[0].off
+		}
+		end = min(end, pos+writeChunk)
+		if _, err := c.conn.Write(buf[pos:end]); err != nil {
+			return err
+		}
+		written(end - pos)
+	}
+	return nil
 }
 
 // freed wakes senders waiting for room and clears a stall once the queue
@@ -342,7 +454,7 @@ func (c *Conn) shut(err error) {
 		return
 	}
 	c.closed, c.err = true, err
-	c.out = nil
+	c.out, c.marks = nil, nil
 	close(c.room)
 	c.room = make(chan struct{})
 	select {
@@ -379,12 +491,19 @@ func (c *Conn) Flush(ctx context.Context) error {
 	}
 }
 
-// Close closes the channel, dropping what is still queued, and waits for
-// the writer to end.
+// Close closes the channel, dropping what is still queued (descriptors
+// queued with SendConn stay the caller's), closes the descriptors received
+// and not taken, and waits for the writer to end.
 func (c *Conn) Close() error {
 	c.shut(nil)
 	err := c.conn.Close()
 	<-c.writerDone
+	c.fdMu.Lock()
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	c.fds = nil
+	c.fdMu.Unlock()
 	return err
 }
 
@@ -404,6 +523,9 @@ type Handler interface {
 func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 	if r == nil {
 		r = c.conn
+		if uc, ok := c.conn.(*net.UnixConn); ok {
+			r = &fdReader{c: c, uc: uc, oob: make([]byte, unix.CmsgSpace(4*maxFDsPerWrite))}
+		}
 	}
 	rd := ipc.NewReader(r, c.readMax)
 	c.rd = rd
@@ -427,6 +549,66 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 		}
 		h.Message(m)
 	}
+}
+
+// fdReader reads the channel's bytes and keeps the descriptors that come
+// with them, in order, for TakeFD.
+type fdReader struct {
+	c   *Conn
+	uc  *net.UnixConn
+	oob []byte
+}
+
+func (r *fdReader) Read(b []byte) (int, error) {
+	n, oobn, _, _, err := r.uc.ReadMsgUnix(b, r.oob)
+	if oobn > 0 {
+		r.c.keepFDs(r.oob[:oobn])
+	}
+	if n < 0 {
+		n = 0
+	}
+	if n == 0 && err == nil {
+		err = io.EOF // the other end closed: recvmsg returns 0 without an error
+	}
+	return n, err
+}
+
+// keepFDs takes the descriptors out of a control message (received
+// close-on-exec: Go asks for MSG_CMSG_CLOEXEC).
+func (c *Conn) keepFDs(oob []byte) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return
+	}
+	for i := range msgs {
+		fds, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			continue
+		}
+		if !c.acceptFDs {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			continue
+		}
+		c.fdMu.Lock()
+		c.fds = append(c.fds, fds...)
+		c.fdMu.Unlock()
+	}
+}
+
+// TakeFD returns the oldest descriptor received and not yet taken. The
+// descriptors of a message arrive no later than the message itself, so a
+// handler that takes one per herd.conn gets each connection's own.
+func (c *Conn) TakeFD() (int, bool) {
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	if len(c.fds) == 0 {
+		return -1, false
+	}
+	fd := c.fds[0]
+	c.fds = c.fds[1:]
+	return fd, true
 }
 
 // SetMax changes the message size limit of the worker's end to the one

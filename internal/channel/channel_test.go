@@ -247,3 +247,99 @@ func (c *countTo) Message(ipc.Message) {
 	}
 }
 func (c *countTo) Bad(error) {}
+
+// Descriptors sent with SendConn arrive in order, each no later than its
+// message, however the writes batch them.
+func TestDescriptorsArriveWithTheirMessages(t *testing.T) {
+	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	var ends [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		ends[i], _ = net.FileConn(f)
+		f.Close()
+	}
+	tx := New(ends[0], 0)
+	rx := New(ends[1], 0)
+	rx.acceptFDs = true
+	defer tx.Close()
+	defer rx.Close()
+	const n = 300
+	var files []*os.File
+	for i := range n {
+		f, err := os.CreateTemp(t.TempDir(), "fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(f, "%d", i)
+		files = append(files, f)
+		line := fmt.Sprintf(`{"type":"herd.conn","listener":"l%d"}`+"\n", i)
+		for tx.SendConn([]byte(line), int(f.Fd()), 1<<20) != nil {
+			time.Sleep(time.Millisecond)
+		}
+		if i%50 == 0 { // some plain messages in between
+			tx.Send(context.Background(), ipc.Message{Type: "plain"})
+		}
+	}
+	got := &fdCollector{rx: rx, want: n}
+	go rx.ReadLoop(nil, got)
+	select {
+	case <-got.done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("received %d connections of %d", got.count(), n)
+	}
+	for i, name := range got.contents {
+		if name != fmt.Sprint(i) {
+			t.Fatalf("connection %d carries the descriptor of file %s", i, name)
+		}
+	}
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+type fdCollector struct {
+	rx       *Conn
+	want     int
+	mu       sync.Mutex
+	contents []string
+	ch       chan struct{}
+}
+
+func (c *fdCollector) done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ch == nil {
+		c.ch = make(chan struct{})
+	}
+	return c.ch
+}
+
+func (c *fdCollector) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.contents)
+}
+
+func (c *fdCollector) Message(m ipc.Message) {
+	if m.Type != ipc.TypeConn {
+		return
+	}
+	fd, ok := c.rx.TakeFD()
+	content := "missing"
+	if ok {
+		f := os.NewFile(uintptr(fd), "got")
+		b := make([]byte, 16)
+		n, _ := f.ReadAt(b, 0)
+		content = string(b[:n])
+		f.Close()
+	}
+	c.done()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.contents = append(c.contents, content)
+	if len(c.contents) == c.want {
+		close(c.ch)
+	}
+}
+
+func (c *fdCollector) Bad(error) {}

@@ -238,6 +238,11 @@ func ParseReply(body string) (Reply, error) {
 	if _, err := fmt.Sscanf(body, "hello from worker %d pid %d", &r.ID, &r.PID); err == nil {
 		return r, nil
 	}
+	// The port examples (proxy mode) answer with their port: it is their
+	// ID here.
+	if _, err := fmt.Sscanf(body, "hello from port %d pid %d", &r.ID, &r.PID); err == nil {
+		return r, nil
+	}
 	return Reply{}, fmt.Errorf("unexpected reply %q", body)
 }
 

@@ -20,11 +20,13 @@ type Load struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 
-	mu     sync.Mutex
-	ok     int
-	failed int
-	errs   []string
-	pids   map[int]int
+	mu       sync.Mutex
+	ok       int
+	failed   int
+	errs     []string
+	pids     map[int]int
+	failedAt []time.Time // when each failed request started
+	slowest  time.Duration
 }
 
 // LoadResult is what a Load saw.
@@ -34,6 +36,21 @@ type LoadResult struct {
 	Errors []string
 	// PIDs counts answers by worker pid.
 	PIDs map[int]int
+	// FailedAt holds when each failed request started.
+	FailedAt []time.Time
+	// Slowest is the longest a request took, failed or not.
+	Slowest time.Duration
+}
+
+// FailedSince counts the failed requests that started after t.
+func (r LoadResult) FailedSince(t time.Time) int {
+	n := 0
+	for _, at := range r.FailedAt {
+		if at.After(t) {
+			n++
+		}
+	}
+	return n
 }
 
 // StartLoad starts conns clients against addr. With keepAlive each client
@@ -53,7 +70,7 @@ func (l *Load) Stop() LoadResult {
 	l.wg.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return LoadResult{OK: l.ok, Failed: l.failed, Errors: l.errs, PIDs: l.pids}
+	return LoadResult{OK: l.ok, Failed: l.failed, Errors: l.errs, PIDs: l.pids, FailedAt: l.failedAt, Slowest: l.slowest}
 }
 
 // Counts returns the answers and failures so far.
@@ -63,11 +80,13 @@ func (l *Load) Counts() (ok, failed int) {
 	return l.ok, l.failed
 }
 
-func (l *Load) record(pid int, err error) {
+func (l *Load) record(pid int, began time.Time, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.slowest = max(l.slowest, time.Since(began))
 	if err != nil {
 		l.failed++
+		l.failedAt = append(l.failedAt, began)
 		if len(l.errs) < 10 {
 			l.errs = append(l.errs, err.Error())
 		}
@@ -91,11 +110,12 @@ func (l *Load) client() {
 			return
 		default:
 		}
+		began := time.Now()
 		if c == nil {
 			var err error
 			c, err = net.DialTimeout("tcp", l.addr, 5*time.Second)
 			if err != nil {
-				l.record(0, fmt.Errorf("dial: %w", err))
+				l.record(0, began, fmt.Errorf("dial: %w", err))
 				c = nil
 				time.Sleep(10 * time.Millisecond)
 				continue
@@ -103,7 +123,7 @@ func (l *Load) client() {
 			br = bufio.NewReader(c)
 		}
 		pid, closeAfter, err := l.roundTrip(c, br)
-		l.record(pid, err)
+		l.record(pid, began, err)
 		if err != nil || closeAfter || !l.keepAlive {
 			c.Close()
 			c = nil

@@ -45,6 +45,9 @@ const (
 	TypeBroadcast = "herd.broadcast" // worker → primary: relay data to every other worker
 	TypeTo        = "herd.to"        // worker → primary: relay data to worker "to"
 	TypeMessage   = "herd.message"   // primary → worker: a relayed message, with "from"
+	TypeConn      = "herd.conn"      // primary → worker: a connection (its fd attached), with "listener"
+	TypeTook      = "herd.took"      // worker → primary: data connections received
+	TypeClosed    = "herd.closed"    // worker → primary: data handed connections closed
 )
 
 // ReservedPrefix starts every protocol type.
@@ -55,7 +58,7 @@ const ReservedPrefix = "herd."
 // The struct tags name the members on the wire; Decode and Append
 // implement them by hand, so encoding/json is not needed to read or write
 // a message. Append writes the members in the order type, from, to, v,
-// id, workers, max, heartbeat, data: the small fixed members first, so that a reader
+// id, workers, max, heartbeat, listener, data: the small fixed members first, so that a reader
 // sees what a message is before its payload.
 type Message struct {
 	// Type says what the message is; required.
@@ -79,6 +82,14 @@ type Message struct {
 	// Heartbeat, in herd.hello, asks the worker to send herd.heartbeat
 	// every that many milliseconds (0: no heartbeats needed).
 	Heartbeat int `json:"heartbeat,omitempty"`
+	// Listener names the listener a connection handed over with herd.conn
+	// came to.
+	Listener string `json:"listener,omitempty"`
+	// Cmd is set, instead of Type, on the internal messages of Node's own
+	// IPC channel ({"cmd":"NODE_HANDLE_ACK"}), which Node workers whose
+	// channel is herd's send by themselves. Decode accepts a message with
+	// a cmd and no type; Append never writes one.
+	Cmd string `json:"cmd,omitempty"`
 }
 
 // Errors a Reader and Decode return; tell them apart with errors.Is.
@@ -135,6 +146,23 @@ type Decoder struct {
 
 // Decode is the package's Decode, with the Decoder's type strings.
 func (d *Decoder) Decode(line []byte) (Message, error) { return decode(line, d) }
+
+// stringMember reads a member that must be a string (or null, or absent:
+// ""), interned like types, since listener names and Node's cmds repeat.
+func (d *Decoder) stringMember(raw []byte, name string) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	if raw[0] != '"' {
+		return "", malformed("%q is not a string", name)
+	}
+	raw = raw[1 : len(raw)-1]
+	if bytes.IndexByte(raw, '\\') >= 0 {
+		var buf [64]byte
+		return d.intern(unescape(buf[:0], raw)), nil
+	}
+	return d.intern(raw), nil
+}
 
 // intern returns b as a string, the same string each time for a type it
 // keeps; d may be nil, to keep nothing.
@@ -229,10 +257,8 @@ func decodeObject(m *Message, line []byte, d *Decoder) error {
 	}
 
 	typ := values[memberType]
-	switch {
-	case len(typ) == 0 || string(typ) == "null" || string(typ) == `""`:
-		return malformed("no \"type\"")
-	case typ[0] != '"':
+	noType := len(typ) == 0 || string(typ) == "null" || string(typ) == `""`
+	if !noType && typ[0] != '"' {
 		return malformed("\"type\" is not a string")
 	}
 	var err error
@@ -248,6 +274,21 @@ func decodeObject(m *Message, line []byte, d *Decoder) error {
 	}
 	if data := values[memberData]; string(data) != "null" {
 		m.Data = data
+	}
+	if m.Listener, err = d.stringMember(values[memberListener], "listener"); err != nil {
+		return err
+	}
+	if m.Cmd, err = d.stringMember(values[memberCmd], "cmd"); err != nil {
+		return err
+	}
+	if noType {
+		// Node's internal messages have a cmd and no type; nothing else
+		// of them counts.
+		if m.Cmd == "" {
+			return malformed("no \"type\"")
+		}
+		*m = Message{Cmd: m.Cmd}
+		return nil
 	}
 	// The type string comes last, so that only messages that pass get
 	// their type into the Decoder's keeping.
@@ -277,6 +318,8 @@ const (
 	memberWorkers
 	memberMax
 	memberHeartbeat
+	memberListener
+	memberCmd
 	memberCount
 )
 
@@ -311,6 +354,10 @@ func memberOf(name []byte, escaped bool) member {
 		return memberMax
 	case "heartbeat":
 		return memberHeartbeat
+	case "listener":
+		return memberListener
+	case "cmd":
+		return memberCmd
 	}
 	return memberUnknown
 }
@@ -712,6 +759,10 @@ func Append(b []byte, m Message) ([]byte, error) {
 	b = appendInt(b, `,"workers":`, m.Workers)
 	b = appendInt(b, `,"max":`, m.Max)
 	b = appendInt(b, `,"heartbeat":`, m.Heartbeat)
+	if m.Listener != "" {
+		b = append(b, `,"listener":`...)
+		b = appendString(b, m.Listener)
+	}
 	if len(m.Data) > 0 {
 		b = append(b, `,"data":`...)
 		s := scanner{b: m.Data}

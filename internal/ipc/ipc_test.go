@@ -329,6 +329,7 @@ func referenceDecode(line []byte) (Message, error) {
 	for name, dst := range map[string]any{
 		"type": &m.Type, "from": &m.From, "to": &m.To, "v": &m.V,
 		"id": &m.ID, "workers": &m.Workers, "max": &m.Max, "heartbeat": &m.Heartbeat,
+		"listener": &m.Listener, "cmd": &m.Cmd,
 	} {
 		if raw, ok := members[name]; ok {
 			if err := json.Unmarshal(raw, dst); err != nil {
@@ -338,6 +339,10 @@ func referenceDecode(line []byte) (Message, error) {
 	}
 	if raw := members["data"]; string(raw) != "null" {
 		m.Data = raw
+	}
+	if m.Type == "" && m.Cmd != "" {
+		// Node's internal messages: a cmd and nothing else that counts.
+		return Message{Cmd: m.Cmd}, nil
 	}
 	if m.Type == "" || m.Type == TypeTo && (m.To == nil || *m.To < 0) {
 		return Message{}, ErrMalformed
@@ -357,8 +362,9 @@ func referenceAppend(m Message) []byte {
 		Workers   int             `json:"workers,omitempty"`
 		Max       int             `json:"max,omitempty"`
 		Heartbeat int             `json:"heartbeat,omitempty"`
+		Listener  string          `json:"listener,omitempty"`
 		Data      json.RawMessage `json:"data,omitempty"`
-	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Heartbeat, m.Data}
+	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Heartbeat, m.Listener, m.Data}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)

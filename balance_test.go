@@ -1,0 +1,271 @@
+package herd_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/herdtest"
+	"github.com/herd-sh/herd/internal/testworker"
+)
+
+// handoffCluster runs lib workers with the primary handing connections
+// over in mode.
+func handoffCluster(t *testing.T, mode herd.Balance, workers int) (*herd.Supervisor, string, func() error) {
+	t.Helper()
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: workers,
+		Listen:  []string{"127.0.0.1:0"},
+		Balance: mode,
+	})
+	waitAllReady(t, s, workers)
+	return s, s.Listeners()[0].Addr.String(), stop
+}
+
+// askFrom makes one request on a new connection from local (nil: any) and
+// returns the answering worker.
+func askFrom(t *testing.T, local *net.TCPAddr, addr string) herdtest.Reply {
+	t.Helper()
+	d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r, err := roundTrip(c, bufio.NewReader(c), true)
+	if err != nil {
+		t.Fatalf("request from %v: %v", local, err)
+	}
+	return r
+}
+
+func roundTrip(c net.Conn, br *bufio.Reader, close bool) (herdtest.Reply, error) {
+	req := "GET / HTTP/1.1\r\nHost: herd\r\n"
+	if close {
+		req += "Connection: close\r\n"
+	}
+	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
+		return herdtest.Reply{}, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return herdtest.Reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return herdtest.Reply{}, err
+	}
+	return herdtest.ParseReply(string(b))
+}
+
+func TestRoundRobinHandsOverInTurn(t *testing.T) {
+	_, addr, stop := handoffCluster(t, herd.BalanceRoundRobin, 3)
+	counts := map[int]int{}
+	for range 60 {
+		counts[askFrom(t, nil, addr).ID]++
+	}
+	for id := range 3 {
+		if c := counts[id]; c < 19 || c > 21 {
+			t.Errorf("round-robin over 60 connections: %v, want 20 each (±1)", counts)
+			break
+		}
+	}
+	stop()
+}
+
+func TestLeastConnGoesToTheIdleWorker(t *testing.T) {
+	_, addr, stop := handoffCluster(t, herd.BalanceLeastConn, 3)
+	// Six long connections spread two per worker.
+	type held struct {
+		c  net.Conn
+		id int
+	}
+	var long []held
+	for range 6 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		r, err := roundTrip(c, bufio.NewReader(c), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		long = append(long, held{c, r.ID})
+	}
+	per := map[int]int{}
+	for _, h := range long {
+		per[h.id]++
+	}
+	if per[0] != 2 || per[1] != 2 || per[2] != 2 {
+		t.Fatalf("six long connections landed %v, want two per worker", per)
+	}
+	// Worker 2's are closed: it is the idle one, and gets every new
+	// connection while the others hold theirs.
+	for _, h := range long {
+		if h.id == 2 {
+			h.c.Close()
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // its close reports arrive
+	for i := range 10 {
+		if r := askFrom(t, nil, addr); r.ID != 2 {
+			t.Fatalf("request %d went to worker %d, want the idle worker 2", i, r.ID)
+		}
+	}
+	stop()
+}
+
+func TestStickyKeepsAClientOnItsWorker(t *testing.T) {
+	s, addr, stop := handoffCluster(t, herd.BalanceSticky, 3)
+	client := func(i int) *net.TCPAddr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(10+i))} }
+	home := map[int]int{}
+	for i := range 12 {
+		for j := range 10 {
+			id := askFrom(t, client(i), addr).ID
+			if j == 0 {
+				home[i] = id
+			} else if id != home[i] {
+				t.Fatalf("client %d moved from worker %d to %d", i, home[i], id)
+			}
+		}
+	}
+	// 100 requests from one address stay on one worker.
+	for range 100 {
+		if id := askFrom(t, client(0), addr).ID; id != home[0] {
+			t.Fatalf("client 0 moved from worker %d to %d", home[0], id)
+		}
+	}
+	// Kill the worker of client 0: its clients move while it restarts,
+	// nobody else does; once back, they come home.
+	victim := home[0]
+	syscall.Kill(s.Workers()[victim].PID, syscall.SIGKILL)
+	herdtest.Eventually(5*time.Second, func() bool { return !s.Workers()[victim].Ready })
+	for i := range 12 {
+		id := askFrom(t, client(i), addr).ID
+		if home[i] != victim && id != home[i] {
+			t.Errorf("client %d of worker %d moved to %d when worker %d died", i, home[i], id, victim)
+		}
+	}
+	waitAllReady(t, s, 3)
+	for i := range 12 {
+		if id := askFrom(t, client(i), addr).ID; id != home[i] {
+			t.Errorf("client %d is on worker %d after the restart, want %d again", i, id, home[i])
+		}
+	}
+	stop()
+}
+
+// A worker that stops taking connections (frozen) does not stall the
+// others: once it has left a connection untaken for a moment, new ones go
+// to the other worker; and the connections it holds are served once it is
+// found hung, killed and replaced.
+func TestStuckWorkerDoesNotStallTheOthers(t *testing.T) {
+	s, addr, stop := handoffCluster(t, herd.BalanceRoundRobin, 2)
+	frozen := s.Workers()[1].PID
+	syscall.Kill(frozen, syscall.SIGSTOP)
+	defer syscall.Kill(frozen, syscall.SIGCONT)
+	// Two requests: one of them is handed to the frozen worker and waits.
+	waiting := make(chan error, 2)
+	connected := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			c, err := net.Dial("tcp", addr)
+			connected <- struct{}{}
+			if err != nil {
+				waiting <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			_, err = roundTrip(c, bufio.NewReader(c), true)
+			waiting <- err
+		}()
+	}
+	<-connected
+	<-connected
+	time.Sleep(500 * time.Millisecond)
+	// Meanwhile new connections are served by worker 0, promptly.
+	for i := range 20 {
+		begin := time.Now()
+		r := askFrom(t, nil, addr)
+		if r.ID != 0 || time.Since(begin) > 2*time.Second {
+			t.Fatalf("request %d: worker %d after %v, want worker 0 at once", i, r.ID, time.Since(begin))
+		}
+	}
+	for range 2 {
+		if err := <-waiting; err != nil {
+			t.Errorf("a connection held by the frozen worker was not served: %v", err)
+		}
+	}
+	if !herdtest.Eventually(15*time.Second, func() bool { w := s.Workers()[1]; return w.PID != frozen && w.Ready }) {
+		t.Fatalf("the frozen worker was not replaced: %+v", s.Workers())
+	}
+	stop()
+}
+
+// kill -9 of a worker under load: no connection that reaches the primary
+// after the kill fails, and none is left hanging; in every hand-over mode.
+func TestKilledWorkerStrandsNoConnection(t *testing.T) {
+	for _, mode := range []herd.Balance{herd.BalanceRoundRobin, herd.BalanceLeastConn, herd.BalanceSticky} {
+		t.Run(string(mode), func(t *testing.T) {
+			s, addr, stop := handoffCluster(t, mode, 2)
+			load := herdtest.StartLoad(addr, 6, false)
+			time.Sleep(300 * time.Millisecond)
+			for round := range 3 {
+				victim := s.Workers()[round%2].PID
+				killed := time.Now()
+				syscall.Kill(victim, syscall.SIGKILL)
+				time.Sleep(100 * time.Millisecond)
+				r := load.Stop()
+				// A request the dead worker had taken dies with it (at
+				// most one per client); none started after the kill may.
+				if n := r.FailedSince(killed.Add(time.Millisecond)); n > 0 {
+					t.Errorf("round %d: %d requests started after the kill failed: %v", round, n, r.Errors)
+				}
+				if r.Failed > 6 {
+					t.Errorf("round %d: %d requests failed, more than the 6 in flight", round, r.Failed)
+				}
+				if r.Slowest > 5*time.Second {
+					t.Errorf("round %d: a request took %v: stranded", round, r.Slowest)
+				}
+				waitAllReady(t, s, 2)
+				load = herdtest.StartLoad(addr, 6, false)
+				time.Sleep(300 * time.Millisecond)
+			}
+			load.Stop()
+			stop()
+		})
+	}
+}
+
+// Library workers take handed connections as an ordinary net.Listener,
+// and drain them on a reload like any other: no request fails.
+func TestHandoffReloadFailsNothing(t *testing.T) {
+	s, addr, stop := handoffCluster(t, herd.BalanceRoundRobin, 2)
+	keep := herdtest.StartLoad(addr, 6, true)
+	fresh := herdtest.StartLoad(addr, 3, false)
+	for range 2 {
+		if err := s.Reload(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	k, f := keep.Stop(), fresh.Stop()
+	if k.Failed+f.Failed != 0 {
+		t.Errorf("%d keep-alive and %d new-connection requests failed; first: %v %v", k.Failed, f.Failed, k.Errors, f.Errors)
+	}
+	if k.OK < 100 || f.OK < 100 {
+		t.Errorf("only %d and %d answers", k.OK, f.OK)
+	}
+	stop()
+}
