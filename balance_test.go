@@ -269,3 +269,21 @@ func TestHandoffReloadFailsNothing(t *testing.T) {
 	}
 	stop()
 }
+
+// The primary lets go of every handed connection: after many connections
+// and a worker killed mid-load, it holds no more descriptors than before.
+func TestHandoffLeaksNoDescriptor(t *testing.T) {
+	s, addr, stop := handoffCluster(t, herd.BalanceLeastConn, 2)
+	before := openFDs(t)
+	load := herdtest.StartLoad(addr, 4, false)
+	time.Sleep(300 * time.Millisecond)
+	syscall.Kill(s.Workers()[0].PID, syscall.SIGKILL)
+	time.Sleep(300 * time.Millisecond)
+	load.Stop()
+	waitAllReady(t, s, 2)
+	var now int
+	if !herdtest.Eventually(5*time.Second, func() bool { now = openFDs(t); return now == before }) {
+		t.Errorf("the primary holds %d descriptors after the load, %d before", now, before)
+	}
+	stop()
+}

@@ -58,7 +58,7 @@ const ReservedPrefix = "herd."
 // The struct tags name the members on the wire; Decode and Append
 // implement them by hand, so encoding/json is not needed to read or write
 // a message. Append writes the members in the order type, from, to, v,
-// id, workers, max, heartbeat, listener, data: the small fixed members first, so that a reader
+// id, workers, max, heartbeat, listener, cmd, data: the small fixed members first, so that a reader
 // sees what a message is before its payload.
 type Message struct {
 	// Type says what the message is; required.
@@ -87,8 +87,8 @@ type Message struct {
 	Listener string `json:"listener,omitempty"`
 	// Cmd is set, instead of Type, on the internal messages of Node's own
 	// IPC channel ({"cmd":"NODE_HANDLE_ACK"}), which Node workers whose
-	// channel is herd's send by themselves. Decode accepts a message with
-	// a cmd and no type; Append never writes one.
+	// channel is herd's send by themselves: Decode accepts a message with
+	// a cmd and no type (and keeps nothing else of it).
 	Cmd string `json:"cmd,omitempty"`
 }
 
@@ -747,7 +747,13 @@ func Reserved(t string) bool { return strings.HasPrefix(t, ReservedPrefix) }
 // > and & are left alone: they are harmless on this channel.
 func Append(b []byte, m Message) ([]byte, error) {
 	if m.Type == "" {
-		return b, malformed("no \"type\"")
+		if m.Cmd == "" {
+			return b, malformed("no \"type\"")
+		}
+		// A message of Node's own, which has nothing but its cmd.
+		b = append(b, `{"cmd":`...)
+		b = appendString(b, m.Cmd)
+		return append(b, '}', '\n'), nil
 	}
 	start := len(b)
 	b = append(b, `{"type":`...)
@@ -762,6 +768,10 @@ func Append(b []byte, m Message) ([]byte, error) {
 	if m.Listener != "" {
 		b = append(b, `,"listener":`...)
 		b = appendString(b, m.Listener)
+	}
+	if m.Cmd != "" {
+		b = append(b, `,"cmd":`...)
+		b = appendString(b, m.Cmd)
 	}
 	if len(m.Data) > 0 {
 		b = append(b, `,"data":`...)

@@ -134,6 +134,13 @@ func TestDecodeRejects(t *testing.T) {
 // Lines at the edges of the grammar, each decoded by Decode and by the
 // encoding/json reference, which must agree.
 var edgeLines = []string{
+	`{"cmd":"NODE_HANDLE_ACK"}`,
+	`{"type":"","cmd":"NODE_HANDLE_NACK","from":1}`,
+	`{"cmd":1}`,
+	`{"type":"herd.conn","listener":"web"}`,
+	`{"type":"herd.conn","listener":"w\u0065b","data":null}`,
+	`{"type":"herd.conn","listener":7}`,
+	`{"type":"herd.hello","v":1,"id":0,"workers":2,"max":1048576,"heartbeat":333}`,
 	`{"type":"n","data":123}`,
 	" \t\r\n{ \"type\" : \"a\" , \"data\" : { \"b\" : [ 1 , 2 ] } }\n\r\t ",
 	`{"ty\u0070e":"a","\u0064ata":1,"\u0066rom":2,"t\u006f":3,"\u0076":4,"\u0069d":5,"\u0077orkers":6,"\u006dax":7}`,
@@ -363,12 +370,19 @@ func referenceAppend(m Message) []byte {
 		Max       int             `json:"max,omitempty"`
 		Heartbeat int             `json:"heartbeat,omitempty"`
 		Listener  string          `json:"listener,omitempty"`
+		Cmd       string          `json:"cmd,omitempty"`
 		Data      json.RawMessage `json:"data,omitempty"`
-	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Heartbeat, m.Listener, m.Data}
+	}{m.Type, m.From, m.To, m.V, m.ID, m.Workers, m.Max, m.Heartbeat, m.Listener, m.Cmd, m.Data}
+	var v any = wire
+	if m.Type == "" && m.Cmd != "" {
+		v = struct {
+			Cmd string `json:"cmd"`
+		}{m.Cmd}
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(wire); err != nil {
+	if err := enc.Encode(v); err != nil {
 		panic(err)
 	}
 	return buf.Bytes()
