@@ -83,7 +83,7 @@ func TestRoundRobinHandsOverInTurn(t *testing.T) {
 }
 
 func TestLeastConnGoesToTheIdleWorker(t *testing.T) {
-	_, addr, stop := handoffCluster(t, herd.BalanceLeastConn, 3)
+	s, addr, stop := handoffCluster(t, herd.BalanceLeastConn, 3)
 	// Six long connections spread two per worker.
 	type held struct {
 		c  net.Conn
@@ -109,6 +109,11 @@ func TestLeastConnGoesToTheIdleWorker(t *testing.T) {
 	if per[0] != 2 || per[1] != 2 || per[2] != 2 {
 		t.Fatalf("six long connections landed %v, want two per worker", per)
 	}
+	for _, w := range s.Workers() {
+		if w.Conns != 2 {
+			t.Errorf("worker %d counts %d open connections, want 2", w.ID, w.Conns)
+		}
+	}
 	// Worker 2's are closed: it is the idle one, and gets every new
 	// connection while the others hold theirs.
 	for _, h := range long {
@@ -116,7 +121,9 @@ func TestLeastConnGoesToTheIdleWorker(t *testing.T) {
 			h.c.Close()
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // its close reports arrive
+	if !herdtest.Eventually(10*time.Second, func() bool { return s.Workers()[2].Conns == 0 }) {
+		t.Fatalf("worker 2 still has %d connections counted", s.Workers()[2].Conns)
+	}
 	for i := range 10 {
 		if r := askFrom(t, nil, addr); r.ID != 2 {
 			t.Fatalf("request %d went to worker %d, want the idle worker 2", i, r.ID)

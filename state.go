@@ -52,6 +52,10 @@ type WorkerInfo struct {
 	// two seconds).
 	RSS uint64
 	CPU float64
+	// Conns is the number of connections the primary handed to this
+	// worker (or proxies to it) that are open, in the hand-over and proxy
+	// modes; 0 in the others, where the primary does not see them.
+	Conns int
 }
 
 // Uptime is how long the current worker has run; 0 when there is none.

@@ -267,8 +267,18 @@ func (s *Supervisor) slotList() []*slot { return *s.slots.Load() }
 func (s *Supervisor) Workers() []WorkerInfo {
 	slots := s.slotList()
 	out := make([]WorkerInfo, len(slots))
+	var proxied map[int]int
+	if s.proxy != nil {
+		proxied = s.proxy.Open()
+	}
 	for i, sl := range slots {
 		out[i] = sl.snapshot()
+		if p := sl.current.Load(); p != nil && s.handover != nil {
+			out[i].Conns = int(p.handoff.open.Load())
+		}
+		if proxied != nil {
+			out[i].Conns = proxied[sl.id]
+		}
 	}
 	return out
 }

@@ -169,6 +169,7 @@ type workerView struct {
 	RSSBytes   uint64  `json:"rss_bytes"`
 	CPUPercent float64 `json:"cpu_percent"`
 	NextPID    int     `json:"next_pid,omitempty"`
+	Conns      int     `json:"conns"`
 }
 
 type listenerView struct {
@@ -189,7 +190,7 @@ func statusOf(sup *herd.Supervisor) statusView {
 		wv := workerView{
 			ID: w.ID, PID: w.PID, State: w.State.String(), Ready: w.Ready,
 			UptimeSec: w.Uptime().Round(time.Millisecond).Seconds(), Restarts: w.Restarts, LastExit: w.LastExit,
-			RSSBytes: w.RSS, CPUPercent: float64(int(w.CPU*10)) / 10, NextPID: w.NextPID,
+			RSSBytes: w.RSS, CPUPercent: float64(int(w.CPU*10)) / 10, NextPID: w.NextPID, Conns: w.Conns,
 		}
 		if w.PID != 0 {
 			wv.Started = w.Started.UTC().Format(time.RFC3339)
