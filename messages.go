@@ -60,6 +60,10 @@ func (e *primaryEnd) Message(m ipc.Message) {
 	case ipc.TypeReady:
 		p.sl.post(procEvent{p: p, kind: evReady})
 	case ipc.TypeHeartbeat:
+	case ipc.TypeResult, ipc.TypeFailed:
+		if s.tasks != nil {
+			s.tasks(p.slot, m)
+		}
 	case ipc.TypeTook, ipc.TypeClosed:
 		if s.handover == nil {
 			return

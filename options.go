@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -123,6 +124,9 @@ type Options struct {
 	LifetimeJitter time.Duration
 	// ReloadBatch is how many workers Reload replaces at once; 0 means 1.
 	ReloadBatch int
+	// lines, set by Map, gives the workers' stdin and stdout to the task
+	// farm instead of the logs.
+	lines linesIO
 	// OnEvent, if set, is called for every event of every worker: started,
 	// ready, message, exited, restart. It is called from several
 	// goroutines, but never concurrently for one worker, and one worker's
@@ -130,6 +134,15 @@ type Options struct {
 	// worker: while it handles a message the worker's channel is not read,
 	// so the worker's sends slow down instead of piling up in the primary.
 	OnEvent func(Event)
+}
+
+// linesIO is how Map talks to workers on their stdin and stdout.
+type linesIO interface {
+	// attach is given a new worker's stdin; the returned closer is
+	// closed when the worker has exited.
+	attach(slot int, stdin *os.File) io.Closer
+	// read reads the worker's stdout until it ends.
+	read(slot int, stdout io.Reader)
 }
 
 // ReadyMode is how the primary learns that a new worker is serving.

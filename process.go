@@ -3,6 +3,7 @@ package herd
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -49,6 +50,8 @@ type process struct {
 	handoff handoffState
 	// stuck is set once the worker was killed for not taking connections.
 	stuck atomic.Bool
+	// stdin feeds the worker its tasks (herd map); closed when it exits.
+	stdin io.Closer
 
 	// Owned by the slot's goroutine.
 	running    bool  // the worker command runs (exec succeeded)
@@ -167,6 +170,14 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 		closeAll(statusR, statusW, outR, outW, errR, errW)
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
 	}
+	var inR, inW *os.File // herd map: tasks go to the worker's stdin
+	if s.opts.lines != nil {
+		if inR, inW, err = os.Pipe(); err != nil {
+			closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
+			ch.Close()
+			return nil, fmt.Errorf("start worker %d: %w", slot, err)
+		}
+	}
 	extra := append(files[:len(files):len(files)], ipcW, statusW)
 	base := s.opts.Env
 	if base == nil {
@@ -176,11 +187,17 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	cmd, err := reexec.Command(s.path, s.argv, env, 3+len(extra)-1)
 	if err != nil {
 		closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
+		if inR != nil {
+			closeAll(inR, inW)
+		}
 		ch.Close()
 		return nil, err
 	}
 	cmd.Dir = s.opts.Dir
 	cmd.Stdout, cmd.Stderr = outW, errW
+	if inR != nil {
+		cmd.Stdin = inR
+	}
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = workerAttr()
 
@@ -191,8 +208,14 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	}
 	s.ownMu.Unlock()
 	closeAll(statusW, outW, errW, ipcW) // the child has its own copies
+	if inR != nil {
+		inR.Close()
+	}
 	if err != nil {
 		closeAll(statusR, outR, errR)
+		if inW != nil {
+			inW.Close()
+		}
 		ch.Close()
 		return nil, fmt.Errorf("start worker %d: %w", slot, err)
 	}
@@ -215,6 +238,12 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	}
 	// The waiter is owned by the slot, which does not end before it has
 	// received the process's evExited.
+	if inW != nil {
+		p.stdin = s.opts.lines.attach(slot, inW)
+	}
+	if node {
+		ch.OneFDPerWrite()
+	}
 	go s.waitProcess(p, slot, statusR, outR, errR)
 	return p, nil
 }
@@ -223,7 +252,12 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 // deals with the rest of its group, reaps it and drains its output.
 func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.File) {
 	var pumps sync.WaitGroup
-	pumps.Go(func() { s.stdout.Pump(outR, slot, p.pid) })
+	if s.opts.lines != nil {
+		// herd map: the worker's stdout lines are its answers.
+		pumps.Go(func() { s.opts.lines.read(slot, outR) })
+	} else {
+		pumps.Go(func() { s.stdout.Pump(outR, slot, p.pid) })
+	}
 	pumps.Go(func() { s.stderr.Pump(errR, slot, p.pid) })
 
 	execErr := reexec.ReadExecStatus(statusR)
@@ -279,6 +313,9 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	p.ch.SetReadDeadline(deadline)
 	pumps.Wait()
 	<-reading
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
 	p.ch.Close()
 	if s.handover != nil {
 		s.handover.reclaim(p)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-sh/herd/internal/ipc"
 	"github.com/herd-sh/herd/internal/logpump"
 	"github.com/herd-sh/herd/internal/proxy"
 	"github.com/herd-sh/herd/internal/reaper"
@@ -54,6 +55,9 @@ type Supervisor struct {
 	// backends is what the proxy may send connections to: the live
 	// slots, rebuilt by setLive.
 	backends atomic.Pointer[[]proxy.Backend]
+	// tasks takes the results workers send a Pool (herd.result,
+	// herd.failed); nil without a Pool.
+	tasks func(slot int, m ipc.Message)
 	// portMu guards ports, each slot's private port in proxy mode.
 	portMu sync.Mutex
 	ports  []int

@@ -3,7 +3,7 @@
 # accepts it) beside Node's cluster round-robin and nginx in front of two
 # plain Node servers.
 #
-#   bash bench/balance.sh              # from the repo root; ~6 min at the defaults
+#   bash bench/balance.sh              # from the repo root; ~7 min at the defaults
 #
 # Every scenario runs 2 workers with the same app logic (200 "hello from
 # worker N pid P\n" or "hello from port P pid N\n", with Content-Length) and
@@ -21,7 +21,7 @@
 #                     (herd's primary accepts and hands each connection over
 #                     Node's own IPC channel)
 #   herd-least-conn   the same with --balance least-conn (informational)
-#   nginx-rr          nginx 1 worker process (worker_processes 1), upstream of
+#   nginx-rr          nginx, worker_processes auto (2 here), upstream of
 #                     2 x `PORT=P node examples/node/port.js`, round-robin,
 #                     keepalive 64 to the upstream (HTTP/1.1,
 #                     Connection ""), access_log off
@@ -29,12 +29,14 @@
 #                     primary proxies bytes; a new backend connection per
 #                     client connection, no pooling)
 #
-# Why nginx with 1 worker process: on a 2-core machine that also runs wrk (2
-# threads) and the 2 Node servers, a reverse proxy in front is normally given
-# one worker (one core's worth, leaving the rest to the app); a second nginx
-# worker has no free core to run on here and only adds context switches.
-# NGINX_WORKERS=auto (2 here) tries the other setting; the header says which
-# one ran.
+# Why worker_processes auto (one nginx worker per core, 2 here) rather than
+# 1: herd's primary is a Go process that runs on both cores (GOMAXPROCS =
+# 2), so nginx gets the same; auto is also what nginx's packages ship
+# (Debian's /etc/nginx/nginx.conf), and on the 2-core development machine
+# it was the faster of the two in short trial runs (keep-alive ~28k against
+# ~20k req/s with one worker, close ~14k against ~12k): the target is set
+# against the stronger baseline. NGINX_WORKERS=1 runs the one-worker setup; the header
+# says which one ran.
 #
 # Reported: req/s per scenario (keep-alive, close); the ratios
 #   herd-round-robin / node-cluster-rr  targets: >= 100% keep-alive, >= 150% close
@@ -42,8 +44,7 @@
 # and the CPU time of the "front" (the process that accepts: the herd
 # primary, the Node cluster primary, nginx master + worker) and of the Node
 # app processes during each DURATION-second run (utime + stime from
-# /proc/PID/stat, before and after), with the front's microseconds per
-# request. Progress and wrk's error lines go to stderr, the report
+# /proc/PID/stat, before and after), and both per request. Progress and wrk's error lines go to stderr, the report
 # (markdown) to stdout.
 #
 # Environment knobs:
@@ -53,7 +54,7 @@
 #   CONNS=64          wrk connections (-c)
 #   BASE_PORT=18200   scenario i listens on BASE_PORT+i; nginx's two Node
 #                     servers on BASE_PORT+50 and BASE_PORT+51
-#   NGINX_WORKERS=1   nginx worker_processes (1 or auto)
+#   NGINX_WORKERS=auto  nginx worker_processes (auto or a number)
 #   HERD=PATH         use this herd binary instead of building ./cmd/herd
 #   ONLY=REGEX        run only the scenarios whose name matches the extended
 #                     regex, e.g. ONLY=herd, ONLY='proxy|nginx'
@@ -70,7 +71,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 BASE_PORT=${BASE_PORT:-18200}
-NGINX_WORKERS=${NGINX_WORKERS:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
 ONLY=${ONLY:-}
 WORKERS=2
 
@@ -279,7 +280,7 @@ run_wrk() {
 
 # bench PORT MODE: sets RPS to the req/s measured, FCPU and ACPU to the
 # seconds of CPU the FRONT and APP processes used during the measured run,
-# and FUS to the front's microseconds of CPU per request; MODE is keepalive
+# and FUS and AUS to their microseconds of CPU per request; MODE is keepalive
 # or close. wrk's error lines are kept in ERRS. (Not a $(...) subshell, so
 # that the traps can stop wrk.)
 bench() {
@@ -304,12 +305,13 @@ bench() {
 	fi
 	RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")
 	reqs=$(awk '/requests in/ { print $1 }' "$out")
-	FUS=
+	FUS='' AUS=''
 	if [[ -z $RPS ]]; then
 		echo "  $2: wrk gave no result:" >&2
 		sed 's/^/  | /' "$out" | tail -5 >&2
 	elif ((reqs > 0)); then
 		FUS=$(awk -v t=$((f1 - f0)) -v hz="$clk_tck" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * t / hz / n }')
+		AUS=$(awk -v t=$((a1 - a0)) -v hz="$clk_tck" -v n="$reqs" 'BEGIN { printf "%.1f", 1e6 * t / hz / n }')
 	fi
 }
 
@@ -447,14 +449,16 @@ echo "cpu:     ${cpu:-unknown}"
 echo "node:    $(node --version)"
 echo "go:      $(go version | awk '{ print $3 }')"
 if $need_nginx; then
-	echo "nginx:   $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes $NGINX_WORKERS"
+	nw=$NGINX_WORKERS
+	[[ $nw == auto ]] && nw="auto ($(nproc))"
+	echo "nginx:   $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes $nw"
 fi
 echo "wrk:     $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') -t$THREADS -c$CONNS -d${DURATION}s, $WORKERS workers per scenario, median of $ROUNDS rounds"
 echo '```'
 
-# KA/CL (req/s), KAF/CLF/KAA/CLA (front/app CPU s), KAU/CLU (front us/req)
-# hold one value per round, space-separated.
-declare -A KA=() CL=() KAF=() CLF=() KAA=() CLA=() KAU=() CLU=()
+# KA/CL (req/s), KAF/CLF/KAA/CLA (front/app CPU s), KAU/CLU/KAV/CLV
+# (front/app us/req) hold one value per round, space-separated.
+declare -A KA=() CL=() KAF=() CLF=() KAA=() CLA=() KAU=() CLU=() KAV=() CLV=()
 ERRS=
 failed=0
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -484,18 +488,24 @@ for ((round = 1; round <= ROUNDS; round++)); do
 		fi
 		find_procs "$name"
 		bench "$port" keepalive
-		KA[$name]+="$RPS " KAF[$name]+="$FCPU " KAA[$name]+="$ACPU " KAU[$name]+="$FUS "
+		KA[$name]+="$RPS " KAF[$name]+="$FCPU " KAA[$name]+="$ACPU " KAU[$name]+="$FUS " KAV[$name]+="$AUS "
 		ka=$RPS kaf=$FCPU
 		bench "$port" close
-		CL[$name]+="$RPS " CLF[$name]+="$FCPU " CLA[$name]+="$ACPU " CLU[$name]+="$FUS "
+		CL[$name]+="$RPS " CLF[$name]+="$FCPU " CLA[$name]+="$ACPU " CLU[$name]+="$FUS " CLV[$name]+="$AUS "
 		[[ -n $ka && -n $RPS ]] || failed=1
 		echo "  keep-alive ${ka:-?} req/s (front ${kaf} CPU s), close ${RPS:-?} req/s (front ${FCPU} CPU s)" >&2
-		if [[ -s $tmp/$name/error.log ]]; then
-			echo "  nginx error.log:" >&2
-			sed 's/^/  | /' "$tmp/$name/error.log" | tail -5 >&2
-			: >"$tmp/$name/error.log"
-		fi
 		stop "$PID" "$cur" "${PORTS[@]}"
+		# herd's warnings and errors, a Node primary's "worker died", nginx's
+		# error log (what the run and the stop left there)
+		if grep -qE 'level=(WARN|ERROR)|died|Error' "$tmp/$name.log"; then
+			echo "  from the scenario's log:" >&2
+			grep -E 'level=(WARN|ERROR)|died|Error' "$tmp/$name.log" | tail -5 | sed 's/^/  | /' >&2
+		fi
+		if [[ -s $tmp/$name/error.log ]] && grep -qv '\[notice\]' "$tmp/$name/error.log"; then
+			echo "  nginx error.log:" >&2
+			grep -v '\[notice\]' "$tmp/$name/error.log" | tail -5 | sed 's/^/  | /' >&2
+		fi
+		rm -f "$tmp/$name/error.log"
 	done
 done
 
@@ -541,23 +551,33 @@ paired() {
 echo
 echo "| ratio (median of per-round ratios) | keep-alive | close | target (keep-alive, close) |"
 echo "| --- | ---: | ---: | --- |"
-row() { echo "| $1 / $2 | $(paired "${KA[$1]:-}" "${KA[$2]:-}") | $(paired "${CL[$1]:-}" "${CL[$2]:-}") | $3 |"; }
+row() { # row A B TARGET, when both A and B ran
+	selected "$1" && selected "$2" || return 0
+	echo "| $1 / $2 | $(paired "${KA[$1]:-}" "${KA[$2]:-}") | $(paired "${CL[$1]:-}" "${CL[$2]:-}") | $3 |"
+}
 row herd-round-robin node-cluster-rr '>= 100%, >= 150%'
 row herd-proxy nginx-rr '>= 90%, >= 90%'
 row herd-least-conn node-cluster-rr 'informational'
 row herd-least-conn herd-round-robin 'informational'
 
 echo
-echo "CPU seconds used during one ${DURATION} s run (median over the rounds), and the front's"
-echo "microseconds of CPU per request. Front: the herd primary, the Node cluster primary,"
-echo "nginx master + worker(s); app: the Node processes serving the requests."
+echo "CPU seconds used during one ${DURATION} s run, with the microseconds of CPU per"
+echo "request in parentheses (medians over the rounds). Front: the herd primary, the"
+echo "Node cluster primary, nginx master + worker(s); app: the Node processes serving"
+echo "the requests."
 echo
-echo "| scenario | front CPU s, keep-alive (us/req) | front CPU s, close (us/req) | app CPU s, keep-alive | app CPU s, close |"
+echo "| scenario | front, keep-alive | front, close | app, keep-alive | app, close |"
 echo "| --- | ---: | ---: | ---: | ---: |"
+cpucell() { # cpucell SECONDS_VALUES US_VALUES: "median s (median us)", or n/a
+	local t u
+	# shellcheck disable=SC2086
+	t=$(median $1) u=$(median $2)
+	echo "${t:-n/a}${u:+ ($u)}"
+}
 for name in "${SCENARIOS[@]}"; do
 	selected "$name" || continue
-	# shellcheck disable=SC2086
-	echo "| $name | $(median ${KAF[$name]:-}) ($(median ${KAU[$name]:-})) | $(median ${CLF[$name]:-}) ($(median ${CLU[$name]:-})) | $(median ${KAA[$name]:-}) | $(median ${CLA[$name]:-}) |"
+	echo "| $name | $(cpucell "${KAF[$name]:-}" "${KAU[$name]:-}") | $(cpucell "${CLF[$name]:-}" "${CLU[$name]:-}") |" \
+		"$(cpucell "${KAA[$name]:-}" "${KAV[$name]:-}") | $(cpucell "${CLA[$name]:-}" "${CLV[$name]:-}") |"
 done
 
 if [[ -n $ERRS ]]; then

@@ -77,6 +77,7 @@ type Worker struct {
 	// (HERD_HANDOFF); they are in listeners too.
 	handoff    map[string]*handoffListener
 	unreported unreportedCount // closed handed connections not yet reported
+	tasks      chan task       // herd.task messages, for ServeTasks
 	opts       Options
 	ch         *channel.Conn // nil without a channel
 
@@ -107,6 +108,7 @@ func Start(opts Options) (*Worker, error) {
 		listeners: make(map[string]net.Listener),
 		sigs:      make(chan os.Signal, 1),
 		closed:    make(chan struct{}),
+		tasks:     make(chan task, 1024),
 	}
 	if w.opts.DrainGrace <= 0 {
 		w.opts.DrainGrace = time.Second
@@ -347,6 +349,14 @@ func (e *workerEnd) Message(m ipc.Message) {
 		w.cancel(ErrShutdown)
 	case ipc.TypeConn:
 		w.takeConn(m)
+	case ipc.TypeTask:
+		if m.ID != nil {
+			// Waits while the worker is busy: the primary holds back then.
+			select {
+			case w.tasks <- task{id: *m.ID, data: clone(m.Data)}:
+			case <-w.closed:
+			}
+		}
 	case ipc.TypeMessage:
 		from := -1
 		if m.From != nil {

@@ -58,7 +58,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCmd(), newSendCmd(), newStatusCmd(), newReloadCmd(), newRestartCmd(), newScaleCmd(), newStopCmd(), newLogsCmd())
+	root.AddCommand(newRunCmd(), newSendCmd(), newStatusCmd(), newReloadCmd(), newRestartCmd(), newScaleCmd(), newStopCmd(), newLogsCmd(), newMapCmd())
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
 }

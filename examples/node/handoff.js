@@ -30,7 +30,7 @@ const server = http.createServer((req, res) => {
 server.emit('listening');
 
 function send(msg) {
-  if (process.connected) process.send(msg, (err) => {}); // a callback: errors are not thrown
+  if (process.connected) process.send(msg, () => {}); // with a callback, errors are not thrown
 }
 
 process.on('message', (msg, socket) => {

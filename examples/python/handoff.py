@@ -25,10 +25,11 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BODY = f"hello from worker {os.environ.get('HERD_WORKER_ID', '')} pid {os.getpid()}\n".encode()
-draining = threading.Event()  # set on herd.shutdown, SIGTERM or end of the channel
+stopping = threading.Event()  # herd.shutdown, SIGTERM/SIGINT or the end of the channel
 send_lock = threading.Lock()
 
 
@@ -40,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(BODY)))
-        if draining.is_set():
+        if stopping.is_set():
             self.send_header("Connection", "close")  # the client reconnects elsewhere
         self.end_headers()
         self.wfile.write(BODY)
@@ -52,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close (and exit) wait for the connection threads
 
-    def shutdown_request(self, request):  # in the connection's thread, when it is done
+    def shutdown_request(self, request):  # in the connection's thread, once it is done
         super().shutdown_request(request)
         send({"type": "herd.closed"})
 
@@ -65,46 +66,38 @@ def send(msg):
             pass  # the primary is gone: the reader sees the end of the channel
 
 
-def read_channel(server, stop):
+def read_channel(server):
     fds, buf = collections.deque(), b""
     while True:
-        try:  # up to 253 fds (the kernel's limit per message), close-on-exec
-            data, new, flags, _ = socket.recv_fds(channel, 65536, 253, socket.MSG_CMSG_CLOEXEC)
+        try:  # fds close-on-exec; 253 is the kernel's limit per message
+            data, new, _, _ = socket.recv_fds(channel, 65536, 253, socket.MSG_CMSG_CLOEXEC)
         except OSError:
-            data, new, flags = b"", [], 0
-        if flags & socket.MSG_CTRUNC:
-            print("handoff.py: descriptors were lost (MSG_CTRUNC)", file=sys.stderr)
-        fds.extend(new)
+            data, new = b"", []
+        fds.extend(new)  # they come no later than their herd.conn lines
         if not data:
             break  # end of the channel: the primary is gone
         *lines, buf = (buf + data).split(b"\n")
-        took = 0
+        conns = []
         for line in lines:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(msg, dict):
-                continue
-            if msg.get("type") == "herd.shutdown":
-                stop.set()
-            elif msg.get("type") == "herd.conn" and fds:
-                fd = fds.popleft()
-                if draining.is_set() or stop.is_set():
-                    os.close(fd)  # not taken: the primary gives it to another worker
-                    continue
-                conn = socket.socket(fileno=fd)
+            kind = json.loads(line).get("type")
+            if kind == "herd.shutdown":
+                stopping.set()
+            elif kind == "herd.conn" and stopping.is_set():
+                os.close(fds.popleft())  # not taken: herd gives it to another worker
+            elif kind == "herd.conn":
+                conn = socket.socket(fileno=fds.popleft())  # family and type detected
                 if conn.family != socket.AF_UNIX:  # headers and body are two writes
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                took += 1
-                try:
-                    addr = conn.getpeername()
-                except OSError:
-                    addr = ("", 0)
-                server.process_request(conn, addr)  # a thread serves it
-        if took:
-            send({"type": "herd.took", "data": took})
-    stop.set()
+                conns.append(conn)
+        if conns:  # now herd closes its copies
+            send({"type": "herd.took", "data": len(conns)})
+        for conn in conns:
+            try:
+                addr = conn.getpeername()
+            except OSError:  # the client has gone already
+                addr = ("", 0)
+            server.process_request(conn, addr)  # a thread serves it, then herd.closed
+    stopping.set()
 
 
 def main():
@@ -113,15 +106,16 @@ def main():
     os.set_inheritable(fd, False)
     channel = socket.socket(fileno=fd)
     channel.setblocking(True)
-    server = Server(("", 0), Handler, bind_and_activate=False)  # never binds, never accepts
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: stopping.set())
     send({"type": "herd.hello", "v": 1})
-    threading.Thread(target=read_channel, args=(server, stop), daemon=True).start()
+    server = Server(("", 0), Handler, bind_and_activate=False)  # never binds nor accepts
+    threading.Thread(target=read_channel, args=(server,), daemon=True).start()
     send({"type": "herd.ready"})
-    stop.wait()  # in the main thread, so that the signal handlers run
-    draining.set()
+    # Poll rather than stopping.wait(): a signal the kernel delivers to another
+    # thread runs its handler only once the main thread runs Python code.
+    while not stopping.is_set():
+        time.sleep(0.2)
     server.server_close()  # waits for the connection threads to finish
     return 0
 

@@ -72,10 +72,13 @@ type Conn struct {
 	// acceptFDs says descriptors passed by the other side are kept for
 	// TakeFD (the worker's end); the primary's end closes any it gets.
 	acceptFDs bool
-	fdMu      sync.Mutex
-	fds       []int     // received, not yet taken, oldest first
-	limit     int       // bytes queued or being written
-	epoch     time.Time // lastSend counts from here (monotonic)
+	// fdsPerWrite bounds the descriptors sent with one write: Node takes
+	// at most one per read, so for a Node worker it is 1.
+	fdsPerWrite int
+	fdMu        sync.Mutex
+	fds         []int     // received, not yet taken, oldest first
+	limit       int       // bytes queued or being written
+	epoch       time.Time // lastSend counts from here (monotonic)
 
 	mu       sync.Mutex
 	out      []byte   // queued, not yet taken by the writer
@@ -110,6 +113,8 @@ func New(c net.Conn, maxMessage int) *Conn {
 		room:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
+
+		fdsPerWrite: maxFDsPerWrite,
 	}
 	if sc, ok := c.(syscall.Conn); ok {
 		ch.raw, _ = sc.SyscallConn()
@@ -203,6 +208,12 @@ type fdMark struct{ off, fd int }
 // maxFDsPerWrite bounds the descriptors sent with one write (the kernel
 // takes at most 253).
 const maxFDsPerWrite = 64
+
+// OneFDPerWrite makes the channel send each descriptor in a write of its
+// own, for a peer that takes at most one descriptor per read (Node: its
+// channel attaches the descriptor of a read to the one NODE_HANDLE
+// message it expects in it). Call it before the first SendConn.
+func (c *Conn) OneFDPerWrite() { c.fdsPerWrite = 1 }
 
 // SendConn queues line, one complete message ending in '\n', with the
 // descriptor fd attached, unless more than maxQueued bytes wait already
@@ -399,7 +410,7 @@ func (c *Conn) writeBatch(buf []byte, marks []fdMark) error {
 	for pos < len(buf) {
 		end := len(buf)
 		if len(marks) > 0 && marks[0].off == pos {
-			k := min(len(marks), maxFDsPerWrite)
+			k := min(len(marks), c.fdsPerWrite)
 			if k < len(marks) {
 				end = marks[k].off
 			}
@@ -537,7 +548,9 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 				h.Bad(err)
 				continue
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+			// A reset is how the other side's end closes with data of
+			// ours unread (a worker that died): as good as end of stream.
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
 				return nil
 			}
 			return err

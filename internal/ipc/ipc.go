@@ -48,6 +48,9 @@ const (
 	TypeConn      = "herd.conn"      // primary → worker: a connection (its fd attached), with "listener"
 	TypeTook      = "herd.took"      // worker → primary: data connections received
 	TypeClosed    = "herd.closed"    // worker → primary: data handed connections closed
+	TypeTask      = "herd.task"      // primary → worker: task data, with "id"
+	TypeResult    = "herd.result"    // worker → primary: the result data of task "id"
+	TypeFailed    = "herd.failed"    // worker → primary: task "id" failed, data says why
 )
 
 // ReservedPrefix starts every protocol type.

@@ -58,6 +58,10 @@ func Main() {
 		time.Sleep(time.Hour)
 	case "lib":
 		err = libWorker()
+	case "lines":
+		err = lineWorker()
+	case "tasks":
+		err = taskWorker()
 	case "rawipc":
 		err = rawIPC(args)
 	default:

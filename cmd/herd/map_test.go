@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-sh/herd/internal/testworker"
+)
+
+// herdMap runs herd map with input and returns its exit code, stdout lines
+// and stderr.
+func herdMap(t *testing.T, env []string, input io.Reader, args ...string) (int, []string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"map"}, args...)...)
+	cmd.Env = append(append(os.Environ(), "HERD_TEST_AS_CLI=1"), env...)
+	cmd.Stdin = input
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("herd map %v hung; stderr: %s", args, stderr.String())
+	}
+	out := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
+	if stdout.Len() == 0 {
+		out = nil
+	}
+	return cmd.ProcessState.ExitCode(), out, stderr.String()
+}
+
+func seqInput(n int) io.Reader {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	return strings.NewReader(b.String())
+}
+
+func lines(role string) []string {
+	return append([]string{"--"}, testworker.Command(role)...)
+}
+
+func TestMapKeepsInputOrder(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := herdMap(t, []string{"TEST_SLOW=0"}, seqInput(20000), argv("-w", "3", lines("lines"))...)
+	if code != 0 || len(out) != 20000 {
+		t.Fatalf("exit %d, %d lines; stderr %s", code, len(out), stderr)
+	}
+	for i, l := range out {
+		if l != strconv.Itoa(2*i) {
+			t.Fatalf("line %d is %q, want %d", i, l, 2*i)
+		}
+	}
+	if !strings.Contains(stderr, "herd map: 20000 tasks, 0 failed, 0 retries") {
+		t.Errorf("summary missing: %q", stderr)
+	}
+	// Unordered: the same answers, in any order.
+	code, out, _ = herdMap(t, nil, seqInput(5000), argv("-w", "3", "--unordered", "-q", lines("lines"))...)
+	seen := map[string]bool{}
+	for _, l := range out {
+		seen[l] = true
+	}
+	if code != 0 || len(out) != 5000 || len(seen) != 5000 {
+		t.Fatalf("unordered: exit %d, %d lines, %d distinct", code, len(out), len(seen))
+	}
+}
+
+// A worker killed mid-run loses nothing and answers nothing twice.
+func TestMapSurvivesKilledWorkers(t *testing.T) {
+	t.Parallel()
+	const n = 100000
+	cmd := exec.Command(os.Args[0], argv("map", "-w", "2", "-q", lines("lines"))...)
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1")
+	cmd.Stdin = seqInput(n)
+	out, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(out)
+	got := 0
+	killed := 0
+	for sc.Scan() {
+		if sc.Text() != strconv.Itoa(2*got) {
+			t.Fatalf("line %d is %q, want %d", got, sc.Text(), 2*got)
+		}
+		got++
+		if got%25000 == 0 && killed < 2 {
+			kids := childrenNamed(cmd.Process.Pid, filepath.Base(os.Args[0]))
+			for _, pid := range kids {
+				if pid != 0 {
+					syscall.Kill(pid, syscall.SIGKILL)
+					killed++
+					break
+				}
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("herd map: %v; stderr %s", err, stderr.String())
+	}
+	if got != n || killed != 2 {
+		t.Fatalf("%d answers of %d, %d workers killed", got, n, killed)
+	}
+}
+
+func TestMapTaskThatCrashesItsWorkersFails(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := herdMap(t, []string{"TEST_CRASH_ON=7"}, seqInput(20), argv("-w", "2", "--retries", "2", lines("lines"))...)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr %s", code, stderr)
+	}
+	if len(out) != 20 || !strings.Contains(out[7], `"error":"its worker exited (exit status 3)"`) || !strings.Contains(out[7], `"task":"7"`) {
+		t.Fatalf("answer 7 is %q (of %d)", out[7], len(out))
+	}
+	for i, l := range out {
+		if i != 7 && l != strconv.Itoa(2*i) {
+			t.Fatalf("answer %d is %q", i, l)
+		}
+	}
+	last := strings.Split(strings.TrimSpace(stderr), "\n")
+	if !strings.Contains(stderr, "20 tasks, 1 failed, 2 retries") || !strings.Contains(last[len(last)-1], "herd: tasks failed: 1 of 20") {
+		t.Errorf("stderr %q", stderr)
+	}
+}
+
+func TestMapTaskTimeout(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := herdMap(t, []string{"TEST_HANG_ON=3"}, seqInput(6), argv("-w", "2", "--retries", "1", "--task-timeout", "300ms", lines("lines"))...)
+	if code != 1 || len(out) != 6 || !strings.Contains(out[3], "took longer than 300ms") {
+		t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
+	}
+}
+
+// A task whose worker crashed once succeeds on its retry.
+func TestMapRetriesOnAnotherWorker(t *testing.T) {
+	t.Parallel()
+	marker := filepath.Join(t.TempDir(), "crashed")
+	code, out, stderr := herdMap(t, []string{"TEST_CRASH_ONCE=5", "TEST_MARKER=" + marker}, seqInput(10), argv("-w", "2", lines("lines"))...)
+	if code != 0 || len(out) != 10 || out[5] != "10" || !strings.Contains(stderr, "1 retries") {
+		t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
+	}
+}
+
+func TestMapJSONMode(t *testing.T) {
+	t.Parallel()
+	input := strings.NewReader("1\n{\"broken\n3\n\"x\"\n")
+	code, out, stderr := herdMap(t, []string{"TEST_ECHO=1"}, input, argv("-w", "1", "--json", lines("lines"))...)
+	if code != 1 || len(out) != 4 {
+		t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
+	}
+	if out[0] != "1" || out[2] != "3" || out[3] != `"x"` || !strings.Contains(out[1], `"error":"the task is not one JSON value"`) {
+		t.Errorf("answers %q", out)
+	}
+}
+
+// Line workers in Python and Node (stdlib only) work.
+func TestMapWithPythonAndNodeWorkers(t *testing.T) {
+	t.Parallel()
+	root, _ := filepath.Abs("../..")
+	for _, w := range []struct{ bin, file string }{
+		{"python3", "examples/python/double.py"},
+		{"node", "examples/node/double.js"},
+	} {
+		t.Run(w.bin, func(t *testing.T) {
+			t.Parallel()
+			if _, err := exec.LookPath(w.bin); err != nil {
+				t.Skipf("%s is not installed", w.bin)
+			}
+			code, out, stderr := herdMap(t, nil, seqInput(10000), "-w", "2", "-q", "--", w.bin, filepath.Join(root, w.file))
+			if code != 0 || len(out) != 10000 {
+				t.Fatalf("exit %d, %d answers; stderr %s", code, len(out), stderr)
+			}
+			for i, l := range out {
+				if l != strconv.Itoa(2*i) {
+					t.Fatalf("answer %d is %q", i, l)
+				}
+			}
+		})
+	}
+}
+
+// A large input through a slow reader of the answers: herd reads input
+// only as fast as answers go out, so its memory stays bounded.
+func TestMapMemoryStaysBounded(t *testing.T) {
+	t.Parallel()
+	const n = 300000
+	line := strings.Repeat("x", 330)
+	pr, pw := io.Pipe()
+	go func() {
+		bw := bufio.NewWriter(pw)
+		for i := range n {
+			fmt.Fprintf(bw, "%d%s\n", i, line)
+		}
+		bw.Flush()
+		pw.Close()
+	}()
+	cmd := exec.Command(os.Args[0], argv("map", "-w", "2", "-q", lines("lines"))...)
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "TEST_ECHO=1")
+	cmd.Stdin = pr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	br := bufio.NewReaderSize(out, 4096)
+	got := 0
+	peak := 0
+	for {
+		if _, err := br.ReadString('\n'); err != nil {
+			break
+		}
+		got++
+		if got%20000 == 0 {
+			time.Sleep(20 * time.Millisecond) // a slow consumer
+			peak = max(peak, peakRSS(t, cmd.Process.Pid))
+		}
+	}
+	cmd.Wait()
+	if got != n {
+		t.Fatalf("%d answers of %d", got, n)
+	}
+	// 100 MB went through; herd keeps at most a few thousand tasks.
+	if peak > memoryBound {
+		t.Errorf("herd map peaked at %d MB for 100 MB of tasks", peak>>20)
+	}
+}
+
+func TestMapBadInput(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-w", "0", "--", "cat"}, 2, "--workers must be at least 1"},
+		{[]string{"--inflight", "0", "--", "cat"}, 2, "--inflight must be at least 1"},
+		{[]string{"--retries", "-1", "--", "cat"}, 2, "--retries must not be negative"},
+		{[]string{}, 2, "missing worker command"},
+		{[]string{"--input", "/no/such/file", "--", "cat"}, 1, "--input: open /no/such/file"},
+		{[]string{"--", "no-such-command-xyz"}, 1, "cannot start worker command"},
+	} {
+		code, _, stderr := herdMap(t, nil, strings.NewReader("1\n"), tc.args...)
+		last := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code != tc.code || !strings.Contains(last[len(last)-1], tc.want) {
+			t.Errorf("herd map %v: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+}
+
+// Ctrl-C stops a map cleanly: the answers so far are written, in order,
+// and the summary says where it stopped.
+func TestMapInterrupted(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], argv("map", "-w", "2", lines("lines"))...)
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "TEST_SLOW=1ms")
+	cmd.Stdin = seqInput(100000)
+	out, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(out)
+	got := 0
+	for sc.Scan() {
+		if sc.Text() != strconv.Itoa(2*got) {
+			t.Fatalf("line %d is %q", got, sc.Text())
+		}
+		if got++; got == 200 {
+			cmd.Process.Signal(syscall.SIGINT)
+		}
+	}
+	err := cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || err == nil {
+		t.Fatalf("exit %d after SIGINT, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "(interrupted: ") || !strings.Contains(stderr.String(), fmt.Sprintf("herd map: %d tasks", got)) {
+		t.Errorf("summary after %d answers: %q", got, stderr.String())
+	}
+}

@@ -1,0 +1,217 @@
+package herd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"sync"
+	"time"
+
+	"github.com/herd-sh/herd/internal/ipc"
+)
+
+// PoolOptions configure NewPool. The zero value is useful: a worker per
+// CPU, each a copy of this program (its workers call worker.ServeTasks).
+type PoolOptions struct {
+	// Options are the cluster's; an empty Command forks this program.
+	Options
+	// Inflight is how many tasks a worker may hold; 0 means 64.
+	Inflight int
+	// Retries is how many times a task whose worker died or hung is given
+	// to another worker before it fails; 0 means 2, negative none.
+	Retries int
+	// TaskTimeout, when positive, kills a worker that holds a task longer
+	// (its tasks go to other workers).
+	TaskTimeout time.Duration
+	// Unordered yields results as they come instead of in task order.
+	Unordered bool
+}
+
+// TaskError is the error a failed task's result carries: the worker's
+// handler returned an error, or the task's tries ran out.
+type TaskError struct {
+	// Index is the task's place in the sequence given to Map.
+	Index int
+	// Reason says why.
+	Reason string
+}
+
+func (e *TaskError) Error() string { return fmt.Sprintf("task %d: %s", e.Index, e.Reason) }
+
+// Pool runs tasks on a cluster of persistent worker processes: the
+// primary splits the work, the workers run it on every core, the primary
+// gathers the results. Tasks and results are JSON values and travel on the
+// workers' channel (their stdout stays free for logs). Make one with
+// NewPool; Close it.
+type Pool struct {
+	opts PoolOptions
+	sup  *Supervisor
+	stop context.CancelFunc
+	done chan error
+
+	mu   sync.Mutex // one Map at a time
+	farm *farm
+}
+
+// NewPool starts the workers. It returns once the cluster runs; tasks
+// wait for workers to be ready.
+func NewPool(opts PoolOptions) (*Pool, error) {
+	if opts.Inflight <= 0 {
+		opts.Inflight = 64
+	}
+	switch {
+	case opts.Retries == 0:
+		opts.Retries = 2
+	case opts.Retries < 0:
+		opts.Retries = 0
+	}
+	p := &Pool{opts: opts, done: make(chan error, 1)}
+	sopts := opts.Options
+	user := sopts.OnEvent
+	sopts.OnEvent = func(ev Event) {
+		p.mu.Lock()
+		f := p.farm
+		p.mu.Unlock()
+		if f != nil {
+			switch ev.Kind {
+			case EventStarted:
+				f.up(ev.Worker)
+			case EventExited:
+				f.lost(ev.Worker, "its worker exited ("+ev.Status+")")
+			}
+		}
+		if user != nil {
+			user(ev)
+		}
+	}
+	sup, err := New(sopts)
+	if err != nil {
+		return nil, err
+	}
+	p.sup = sup
+	sup.tasks = p.result
+	ctx, stop := context.WithCancel(context.Background())
+	p.stop = stop
+	go func() { p.done <- sup.Run(ctx) }()
+	return p, nil
+}
+
+// result takes a worker's answer (on its read loop).
+func (p *Pool) result(slot int, m ipc.Message) {
+	p.mu.Lock()
+	f := p.farm
+	p.mu.Unlock()
+	if f == nil || m.ID == nil {
+		return
+	}
+	if m.Type == ipc.TypeFailed {
+		var why string
+		if json.Unmarshal(m.Data, &why) != nil || why == "" {
+			why = string(m.Data)
+		}
+		f.answeredID(slot, *m.ID, nil, why)
+		return
+	}
+	f.answeredID(slot, *m.ID, append([]byte(nil), m.Data...), "")
+}
+
+// Map runs every task of tasks (each encoded as JSON; a json.RawMessage
+// as it is) and yields each result in task order (or as they come, with
+// Unordered). A failed task yields a *TaskError. Map stops early when the
+// loop over it does, or ctx ends: then it yields the context's cause as
+// its last error. Memory stays bounded: tasks are taken from tasks only as
+// fast as results are consumed.
+func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawMessage, error] {
+	return func(yield func(json.RawMessage, error) bool) {
+		p.mu.Lock()
+		if p.farm != nil {
+			p.mu.Unlock()
+			yield(nil, fmt.Errorf("%w: a Map of this pool is running", ErrBusy))
+			return
+		}
+		f := newFarm(p.opts.Inflight, p.opts.Retries, p.opts.TaskTimeout, !p.opts.Unordered)
+		f.send, f.flush, f.kill = p.send, func(int) {}, p.kill
+		for _, w := range p.sup.Workers() {
+			if w.State == StateReady || w.State == StateStarting && w.PID != 0 {
+				f.worker(w.ID).up = w.PID != 0
+			}
+		}
+		p.farm = f
+		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.farm = nil
+			p.mu.Unlock()
+		}()
+
+		next, stop := iter.Pull(tasks)
+		defer stop()
+		stopped := errors.New("stopped by the consumer")
+		pull := func() ([]byte, string, bool, error) {
+			v, ok := next()
+			if !ok {
+				return nil, "", false, nil
+			}
+			if raw, isRaw := v.(json.RawMessage); isRaw {
+				if !json.Valid(raw) {
+					return raw, "the task is not one JSON value", true, nil
+				}
+				return raw, "", true, nil
+			}
+			b, err := json.Marshal(v)
+			if err != nil {
+				return nil, err.Error(), true, nil
+			}
+			return b, "", true, nil
+		}
+		emit := func(t *farmTask) error {
+			var ok bool
+			if t.err != "" {
+				ok = yield(nil, &TaskError{Index: t.seq, Reason: t.err})
+			} else {
+				ok = yield(t.result, nil)
+			}
+			if !ok {
+				return stopped
+			}
+			return nil
+		}
+		err := f.run(ctx, len(p.sup.Workers()), pull, emit, nil)
+		if err != nil && !errors.Is(err, stopped) {
+			yield(nil, err)
+		}
+	}
+}
+
+func (p *Pool) send(slot, seq int, task []byte) bool {
+	sl, err := p.sup.slotByID(slot)
+	if err != nil {
+		return false
+	}
+	proc := sl.current.Load()
+	if proc == nil {
+		return false
+	}
+	id := seq
+	return proc.ch.TrySend(ipc.Message{Type: ipc.TypeTask, ID: &id, Data: task}) == nil
+}
+
+func (p *Pool) kill(slot int) {
+	if sl, err := p.sup.slotByID(slot); err == nil {
+		if proc := sl.current.Load(); proc != nil {
+			p.sup.log.Warn("task took too long; killing its worker", "worker", slot, "pid", proc.pid, "timeout", p.opts.TaskTimeout.String())
+			proc.kill()
+		}
+	}
+}
+
+// Workers returns a snapshot of the pool's workers.
+func (p *Pool) Workers() []WorkerInfo { return p.sup.Workers() }
+
+// Close stops the workers and waits for them.
+func (p *Pool) Close() error {
+	p.stop()
+	return <-p.done
+}

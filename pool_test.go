@@ -1,0 +1,150 @@
+package herd_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/herdtest"
+	"github.com/herd-sh/herd/internal/testworker"
+)
+
+func newPool(t *testing.T, opts herd.PoolOptions) *herd.Pool {
+	t.Helper()
+	if opts.Command == nil {
+		opts.Command = testworker.Command("tasks")
+	}
+	if opts.Workers == 0 {
+		opts.Workers = 2
+	}
+	opts.Stdout, opts.Stderr = discard{}, discard{}
+	p, err := herd.NewPool(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
+
+func numbers(n int) iter.Seq[any] {
+	return func(yield func(any) bool) {
+		for i := range n {
+			if !yield(i) {
+				return
+			}
+		}
+	}
+}
+
+func TestPoolResultsInOrder(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{})
+	i := 0
+	for v, err := range p.Map(context.Background(), numbers(20000)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(v) != fmt.Sprint(2*i) {
+			t.Fatalf("result %d is %s, want %d", i, v, 2*i)
+		}
+		i++
+	}
+	if i != 20000 {
+		t.Fatalf("%d results, want 20000", i)
+	}
+}
+
+func TestPoolFailuresAreReported(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{Retries: 1, TaskTimeout: 500 * time.Millisecond})
+	tasks := []any{1, "fail", 2, "crash", 3, "hang", 4}
+	var got []string
+	for v, err := range p.Map(context.Background(), slices.Values(tasks)) {
+		var te *herd.TaskError
+		switch {
+		case errors.As(err, &te):
+			got = append(got, fmt.Sprintf("task %d: %s", te.Index, firstWords(te.Reason)))
+		case err != nil:
+			t.Fatal(err)
+		default:
+			got = append(got, string(v))
+		}
+	}
+	want := []string{"2", "task 1: asked to fail", "4", "task 3: its worker exited", "6", "task 5: it took longer", "8"}
+	if !slices.Equal(got, want) {
+		t.Errorf("results %q\nwant    %q", got, want)
+	}
+}
+
+func firstWords(s string) string {
+	f := strings.Fields(s)
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+// A worker killed mid-run loses nothing and duplicates nothing.
+func TestPoolSurvivesAKilledWorker(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{})
+	const n = 100000
+	seen := make([]int, n)
+	i := 0
+	for v, err := range p.Map(context.Background(), numbers(n)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r int
+		json.Unmarshal(v, &r)
+		if r%2 != 0 || r/2 >= n {
+			t.Fatalf("result %s", v)
+		}
+		seen[r/2]++
+		if i == n/4 {
+			syscall.Kill(p.Workers()[0].PID, syscall.SIGKILL)
+		}
+		i++
+	}
+	for task, c := range seen {
+		if c != 1 {
+			t.Fatalf("task %d answered %d times", task, c)
+		}
+	}
+	if w := p.Workers()[0]; w.Restarts != 1 {
+		t.Errorf("worker 0 restarted %d times, want once (the kill)", w.Restarts)
+	}
+}
+
+func TestPoolMapStopsWhenTheLoopDoes(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{})
+	for range 3 {
+		n := 0
+		for _, err := range p.Map(context.Background(), numbers(1000000)) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n++; n == 10 {
+				break
+			}
+		}
+	}
+	// The pool still works after abandoned maps.
+	count := 0
+	for _, err := range p.Map(context.Background(), numbers(100)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		count++
+	}
+	if count != 100 {
+		t.Fatalf("%d results after abandoned maps, want 100", count)
+	}
+	_ = herdtest.Eventually
+}
