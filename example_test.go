@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/herd-sh/herd"
@@ -129,4 +130,33 @@ func ExampleSupervisor_Send() {
 	cancel()
 	<-done
 	// Output: worker 1 answered {"n":42}
+}
+
+// A pool of workers doubles numbers; results come back in task order.
+// (The workers here are a Go test worker serving worker.ServeTasks; with
+// no Command they would be copies of this program.)
+func ExamplePool() {
+	p, err := herd.NewPool(herd.PoolOptions{Options: herd.Options{
+		Command: testworker.Command("tasks"),
+		Workers: 2,
+		Stdout:  io.Discard,
+		Stderr:  io.Discard,
+	}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer p.Close()
+	for result, err := range p.Map(context.Background(), slices.Values([]any{1, 2, 3, "fail"})) {
+		if err != nil {
+			fmt.Println("error:", err)
+			continue
+		}
+		fmt.Println(string(result))
+	}
+	// Output:
+	// 2
+	// 4
+	// 6
+	// error: task 3: asked to fail
 }

@@ -306,7 +306,7 @@ func (s *lineStdin) Close() error {
 	return nil
 }
 
-func (l *lineWorkers) send(slot, seq int, task []byte) bool {
+func (l *lineWorkers) send(slot, _ int, task []byte) bool {
 	l.mu.Lock()
 	s := l.stdins[slot]
 	l.mu.Unlock()

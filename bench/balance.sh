@@ -23,8 +23,11 @@
 #   herd-least-conn   the same with --balance least-conn (informational)
 #   nginx-rr          nginx, worker_processes auto (2 here), upstream of
 #                     2 x `PORT=P node examples/node/port.js`, round-robin,
-#                     keepalive 64 to the upstream (HTTP/1.1,
-#                     Connection ""), access_log off
+#                     access_log off; by default without upstream keepalive
+#                     (nginx's default: a new backend connection per
+#                     request, as herd's proxy, a byte proxy, opens one per
+#                     client connection); NGINX_KEEPALIVE=64 pools backend
+#                     connections (HTTP/1.1, Connection "") for comparison
 #   herd-proxy        herd run --balance proxy, examples/node/port.js (herd's
 #                     primary proxies bytes; a new backend connection per
 #                     client connection, no pooling)
@@ -72,6 +75,7 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 BASE_PORT=${BASE_PORT:-18200}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-0}
 ONLY=${ONLY:-}
 WORKERS=2
 
@@ -327,6 +331,12 @@ nginx_conf() {
 			temps+="	${kind//-/_}_temp_path $dir/tmp/$kind;"$'\n'
 		fi
 	done
+	local pool="" http11=""
+	if ((NGINX_KEEPALIVE > 0)); then
+		pool="		keepalive $NGINX_KEEPALIVE;"
+		http11="			proxy_http_version 1.1;
+			proxy_set_header Connection \"\";"
+	fi
 	cat >"$dir/nginx.conf" <<EOF
 daemon off;
 worker_processes $NGINX_WORKERS;
@@ -340,14 +350,13 @@ http {
 $temps	upstream app {
 		server 127.0.0.1:$p1;
 		server 127.0.0.1:$p2;
-		keepalive 64;
+$pool
 	}
 	server {
 		listen 127.0.0.1:$port;
 		location / {
 			proxy_pass http://app;
-			proxy_http_version 1.1;
-			proxy_set_header Connection "";
+$http11
 		}
 	}
 }
@@ -451,7 +460,7 @@ echo "go:      $(go version | awk '{ print $3 }')"
 if $need_nginx; then
 	nw=$NGINX_WORKERS
 	[[ $nw == auto ]] && nw="auto ($(nproc))"
-	echo "nginx:   $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes $nw"
+	echo "nginx:   $(nginx -v 2>&1 | sed "s/^nginx version: //"), worker_processes $nw, upstream keepalive $NGINX_KEEPALIVE"
 fi
 echo "wrk:     $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') -t$THREADS -c$CONNS -d${DURATION}s, $WORKERS workers per scenario, median of $ROUNDS rounds"
 echo '```'

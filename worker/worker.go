@@ -77,7 +77,9 @@ type Worker struct {
 	// (HERD_HANDOFF); they are in listeners too.
 	handoff    map[string]*handoffListener
 	unreported unreportedCount // closed handed connections not yet reported
-	tasks      chan task       // herd.task messages, for ServeTasks
+	taskMu     sync.Mutex
+	taskQ      []task        // herd.task messages not yet served, for ServeTasks
+	taskWake   chan struct{} // capacity 1: taskQ has tasks
 	opts       Options
 	ch         *channel.Conn // nil without a channel
 
@@ -108,7 +110,7 @@ func Start(opts Options) (*Worker, error) {
 		listeners: make(map[string]net.Listener),
 		sigs:      make(chan os.Signal, 1),
 		closed:    make(chan struct{}),
-		tasks:     make(chan task, 1024),
+		taskWake:  make(chan struct{}, 1),
 	}
 	if w.opts.DrainGrace <= 0 {
 		w.opts.DrainGrace = time.Second
@@ -351,11 +353,7 @@ func (e *workerEnd) Message(m ipc.Message) {
 		w.takeConn(m)
 	case ipc.TypeTask:
 		if m.ID != nil {
-			// Waits while the worker is busy: the primary holds back then.
-			select {
-			case w.tasks <- task{id: *m.ID, data: clone(m.Data)}:
-			case <-w.closed:
-			}
+			w.queueTask(task{id: *m.ID, data: clone(m.Data)})
 		}
 	case ipc.TypeMessage:
 		from := -1

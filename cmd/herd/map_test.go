@@ -71,13 +71,13 @@ func TestMapKeepsInputOrder(t *testing.T) {
 		t.Errorf("summary missing: %q", stderr)
 	}
 	// Unordered: the same answers, in any order.
-	code, out, _ = herdMap(t, nil, seqInput(5000), argv("-w", "3", "--unordered", "-q", lines("lines"))...)
+	code, out, stderr = herdMap(t, nil, seqInput(5000), argv("-w", "3", "--unordered", "-q", lines("lines"))...)
 	seen := map[string]bool{}
 	for _, l := range out {
 		seen[l] = true
 	}
 	if code != 0 || len(out) != 5000 || len(seen) != 5000 {
-		t.Fatalf("unordered: exit %d, %d lines, %d distinct", code, len(out), len(seen))
+		t.Fatalf("unordered: exit %d, %d lines, %d distinct; stderr %s", code, len(out), len(seen), stderr)
 	}
 }
 

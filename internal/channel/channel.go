@@ -12,6 +12,7 @@
 package channel
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -225,6 +226,33 @@ func (c *Conn) SendConn(line []byte, fd int, maxQueued int) error {
 	return err
 }
 
+// SendLines queues b, whole messages ending in '\n' (already encoded,
+// each within the limit), waiting while the queue is full. A batch longer
+// than the limit goes in pieces cut at message ends.
+func (c *Conn) SendLines(b []byte) error {
+	for len(b) > 0 {
+		n := len(b)
+		if n > c.max {
+			n = bytes.LastIndexByte(b[:c.max], '\n') + 1
+			if n <= 0 {
+				return fmt.Errorf("%w (a message of more than %d bytes)", ErrTooBig, c.max)
+			}
+		}
+		for {
+			room, err := c.put(nil, b[:n], -1, false, 0)
+			if err != nil {
+				return err
+			}
+			if room == nil {
+				break
+			}
+			<-room
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
 // enqueue appends m to the queue, or writes it at once when the channel
 // was quiet. It returns a channel to wait on when the queue has no room,
 // else the result.
@@ -326,6 +354,10 @@ func (c *Conn) writeNow() {
 
 	c.mu.Lock()
 	c.busy, c.inflight = false, 0
+	// The gap that makes the next message go straight out counts from the
+	// end of this write: a write can take longer than the gap, and then
+	// every message of a stream would look like the first after a pause.
+	c.lastSend = time.Since(c.epoch)
 	if rest := buf[n:]; len(rest) > 0 {
 		// Unwritten bytes go before whatever was queued meanwhile, with
 		// their descriptors if none went out.
