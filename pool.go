@@ -25,7 +25,10 @@ type PoolOptions struct {
 	// TaskTimeout, when positive, kills a worker that holds a task longer
 	// (its tasks go to other workers).
 	TaskTimeout time.Duration
-	// Unordered yields results as they come instead of in task order.
+	// Unordered yields results as they come instead of in task order: a
+	// slow task holds up none of the others. A result then says which
+	// task it answers only if the handler puts that in it (a *TaskError
+	// still carries the task's Index).
 	Unordered bool
 }
 

@@ -65,6 +65,51 @@ func TestPoolResultsInOrder(t *testing.T) {
 	}
 }
 
+// Unordered: every answer once, whatever the order, and failures still
+// name their task.
+func TestPoolUnordered(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{Unordered: true, Inflight: 8})
+	const n = 5000
+	tasks := func(yield func(any) bool) {
+		for i := range n {
+			var task any = i
+			if i%1000 == 7 {
+				task = "fail"
+			}
+			if !yield(task) {
+				return
+			}
+		}
+	}
+	seen := map[string]bool{}
+	var failed []int
+	for v, err := range p.Map(context.Background(), tasks) {
+		var te *herd.TaskError
+		switch {
+		case errors.As(err, &te):
+			failed = append(failed, te.Index)
+		case err != nil:
+			t.Fatal(err)
+		case seen[string(v)]:
+			t.Fatalf("result %s twice", v)
+		default:
+			seen[string(v)] = true
+		}
+	}
+	slices.Sort(failed)
+	if want := []int{7, 1007, 2007, 3007, 4007}; !slices.Equal(failed, want) {
+		t.Errorf("failed tasks %v, want %v", failed, want)
+	}
+	if len(seen) != n-5 {
+		t.Fatalf("%d distinct results, want %d", len(seen), n-5)
+	}
+	for i := range n {
+		if i%1000 != 7 && !seen[fmt.Sprint(2*i)] {
+			t.Fatalf("no result for task %d", i)
+		}
+	}
+}
+
 func TestPoolFailuresAreReported(t *testing.T) {
 	p := newPool(t, herd.PoolOptions{Retries: 1, TaskTimeout: 500 * time.Millisecond})
 	tasks := []any{1, "fail", 2, "crash", 3, "hang", 4}
