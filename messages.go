@@ -53,7 +53,7 @@ type primaryEnd struct {
 
 func (e *primaryEnd) Message(m ipc.Message) {
 	s, p := e.s, e.p
-	p.lastBeat.Store(time.Now().UnixNano())
+	p.heard.Add(1)
 	switch m.Type {
 	case ipc.TypeHello:
 		p.speaks.Store(true)

@@ -269,6 +269,11 @@ func TestHungWorkerIsReplaced(t *testing.T) {
 		StopTimeout: 500 * time.Millisecond,
 	})
 	hung := waitAllReady(t, s, 1)[0].PID
+	// A worker that beats is left alone, however long it runs.
+	time.Sleep(2 * time.Second)
+	if w := s.Workers()[0]; w.PID != hung {
+		t.Fatalf("a beating worker was replaced: %+v", w)
+	}
 	syscall.Kill(hung, syscall.SIGSTOP)
 	if !herdtest.Eventually(20*time.Second, func() bool { w := s.Workers()[0]; return w.PID != hung && w.Ready }) {
 		t.Fatalf("the hung worker %d was not replaced: %+v", hung, s.Workers())

@@ -36,8 +36,10 @@ type process struct {
 	// speaks is set once the worker said herd.hello: it is asked to stop
 	// with herd.shutdown instead of the stop signal.
 	speaks atomic.Bool
-	// lastBeat is when the worker last sent anything, in Unix nanoseconds.
-	lastBeat atomic.Int64
+	// heard counts the messages the worker sent: the heartbeat watch
+	// notes when it last changed (a clock read per message would cost
+	// more than the rest of handling a small one).
+	heard atomic.Uint64
 	// eventMu keeps this worker's events from overlapping.
 	eventMu sync.Mutex
 	// bad rate-limits log lines about what the worker sends wrong.

@@ -149,11 +149,15 @@ func (s *Supervisor) watchHealth(p *process) {
 	}
 	if h.Heartbeat > 0 {
 		p.sl.watch(p, func() {
+			heard, at := p.heard.Load(), time.Now()
 			every(p, h.Heartbeat/4, func() bool {
+				if n := p.heard.Load(); n != heard {
+					heard, at = n, time.Now()
+				}
 				if !p.speaks.Load() {
 					return true // only workers that speak the protocol beat
 				}
-				silent := time.Since(time.Unix(0, p.lastBeat.Load()))
+				silent := time.Since(at)
 				if silent > h.Heartbeat {
 					unhealthy(fmt.Errorf("no heartbeat for %v (--heartbeat-timeout %v): hung", silent.Round(time.Millisecond), h.Heartbeat))
 					return false
