@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,7 +18,10 @@ import (
 type PoolOptions struct {
 	// Options are the cluster's; an empty Command forks this program.
 	Options
-	// Inflight is how many tasks a worker may hold; 0 means 64.
+	// Inflight is how many tasks a worker may hold; 0 means 64. It bounds
+	// the primary's memory: at most Workers×Inflight tasks (each within
+	// MaxMessage) are outstanding, and tasks are taken from the sequence
+	// given to Map only as room is made.
 	Inflight int
 	// Retries is how many times a task whose worker died or hung is given
 	// to another worker before it fails; 0 means 2, negative none.
@@ -57,6 +61,10 @@ type Pool struct {
 	mu   sync.Mutex // one Map at a time
 	farm *farm
 
+	// batch holds, per slot, the tasks the farm is giving out, encoded.
+	// Only the farm's goroutine uses it.
+	batch map[int][]byte
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -73,7 +81,7 @@ func NewPool(opts PoolOptions) (*Pool, error) {
 	case opts.Retries < 0:
 		opts.Retries = 0
 	}
-	p := &Pool{opts: opts, done: make(chan error, 1)}
+	p := &Pool{opts: opts, done: make(chan error, 1), batch: map[int][]byte{}}
 	sopts := opts.Options
 	user := sopts.OnEvent
 	sopts.OnEvent = func(ev Event) {
@@ -138,7 +146,7 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 			return
 		}
 		f := newFarm(p.opts.Inflight, p.opts.Retries, p.opts.TaskTimeout, !p.opts.Unordered)
-		f.send, f.flush, f.kill = p.send, func(int) {}, p.kill
+		f.send, f.flush, f.kill = p.send, p.flush, p.kill
 		for _, w := range p.sup.Workers() {
 			if w.State == StateReady || w.State == StateStarting && w.PID != 0 {
 				f.worker(w.ID).up = w.PID != 0
@@ -155,20 +163,19 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 		next, stop := iter.Pull(tasks)
 		defer stop()
 		stopped := errors.New("stopped by the consumer")
+		// Room for the rest of a task message: {"herd":"task","id":N,"data":…}
+		maxTask := p.sup.opts.MaxMessage - 64
 		pull := func() ([]byte, string, bool, error) {
 			v, ok := next()
 			if !ok {
 				return nil, "", false, nil
 			}
-			if raw, isRaw := v.(json.RawMessage); isRaw {
-				if !json.Valid(raw) {
-					return raw, "the task is not one JSON value", true, nil
-				}
-				return raw, "", true, nil
-			}
-			b, err := json.Marshal(v)
-			if err != nil {
-				return nil, err.Error(), true, nil
+			b, err := encodeTask(v)
+			switch {
+			case err != nil:
+				return b, err.Error(), true, nil
+			case len(b) > maxTask:
+				return nil, fmt.Sprintf("the task is %d bytes, more than the message limit allows (%d)", len(b), maxTask), true, nil
 			}
 			return b, "", true, nil
 		}
@@ -191,20 +198,34 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 	}
 }
 
-// send queues a task on slot's channel. Each task is its own message: the
-// channel's writer goroutine batches what queues up while it writes, so
-// the farm never waits on a write (gathering a round into one direct write
-// measured at less than half the rate).
+// send adds a task to slot's batch; flush queues the batch on the slot's
+// channel, one write for the lot. The farm gives a worker at most Inflight
+// tasks, which bounds the batch. (A message per task, each written or
+// queued on its own, measured 10-15% slower.)
 func (p *Pool) send(slot, id int, task []byte) bool {
-	sl, err := p.sup.slotByID(slot)
+	buf, err := ipc.Append(p.batch[slot], ipc.Message{Type: ipc.TypeTask, ID: &id, Data: task})
 	if err != nil {
 		return false
 	}
-	proc := sl.current.Load()
-	if proc == nil {
-		return false
+	p.batch[slot] = buf
+	return true
+}
+
+// flush queues slot's batch. A worker gone meanwhile has the tasks back
+// through the farm when its exit is seen.
+func (p *Pool) flush(slot int) {
+	buf := p.batch[slot]
+	if len(buf) == 0 {
+		return
 	}
-	return proc.ch.TrySend(ipc.Message{Type: ipc.TypeTask, ID: &id, Data: task}) == nil
+	p.batch[slot] = buf[:0]
+	sl, err := p.sup.slotByID(slot)
+	if err != nil {
+		return
+	}
+	if proc := sl.current.Load(); proc != nil {
+		proc.ch.Queue(buf)
+	}
 }
 
 func (p *Pool) kill(slot int) {
@@ -227,4 +248,22 @@ func (p *Pool) Close() error {
 		p.closeErr = <-p.done
 	})
 	return p.closeErr
+}
+
+// encodeTask is json.Marshal, with the commonest tasks (ints, and JSON
+// already encoded) done without reflection: encoding was a tenth of the
+// primary's work per trivial task.
+func encodeTask(v any) ([]byte, error) {
+	switch v := v.(type) {
+	case json.RawMessage:
+		if !json.Valid(v) {
+			return v, errors.New("the task is not one JSON value")
+		}
+		return v, nil
+	case int:
+		return strconv.AppendInt(make([]byte, 0, 8), int64(v), 10), nil
+	case int64:
+		return strconv.AppendInt(make([]byte, 0, 8), v, 10), nil
+	}
+	return json.Marshal(v)
 }

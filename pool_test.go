@@ -110,6 +110,44 @@ func TestPoolUnordered(t *testing.T) {
 	}
 }
 
+// Large tasks: many more bytes in flight than a channel queues for other
+// messages, and one task longer than a message may be, which fails alone.
+func TestPoolLargeTasks(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{Options: herd.Options{MaxMessage: 64 << 10}, Inflight: 256})
+	big := strings.Repeat("x", 60<<10)  // 256 of them in flight: 15 MiB a worker
+	huge := strings.Repeat("y", 64<<10) // no room left for the message around it
+	const n = 2000
+	tasks := func(yield func(any) bool) {
+		for i := range n {
+			task := big
+			if i == 1234 {
+				task = huge
+			}
+			if !yield(task) {
+				return
+			}
+		}
+	}
+	i := 0
+	for v, err := range p.Map(context.Background(), tasks) {
+		var te *herd.TaskError
+		switch {
+		case i == 1234:
+			if !errors.As(err, &te) || te.Index != 1234 || !strings.Contains(te.Reason, "message limit") {
+				t.Fatalf("task 1234: %v, %v; want a TaskError about the message limit", v, err)
+			}
+		case err != nil:
+			t.Fatalf("task %d: %v", i, err)
+		case string(v) != fmt.Sprint(len(big)+2):
+			t.Fatalf("task %d: result %s, want %d", i, v, len(big)+2)
+		}
+		i++
+	}
+	if i != n {
+		t.Fatalf("%d results, want %d", i, n)
+	}
+}
+
 func TestPoolFailuresAreReported(t *testing.T) {
 	p := newPool(t, herd.PoolOptions{Retries: 1, TaskTimeout: 500 * time.Millisecond})
 	tasks := []any{1, "fail", 2, "crash", 3, "hang", 4}

@@ -253,6 +253,30 @@ func (c *Conn) SendLines(b []byte) error {
 	return nil
 }
 
+// Queue queues b, whole messages ending in '\n' (already encoded, each
+// within the limit), for the writer, whatever the queue holds already: it
+// is for a sender that bounds what it has outstanding itself (a task pool
+// gives a worker at most so many tasks), so that it need never wait nor
+// be refused. It never writes from the caller's goroutine: a sender that
+// has much to do between batches would pay for the write itself.
+func (c *Conn) Queue(b []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	first := len(c.out) == 0
+	c.out = append(c.out, b...)
+	c.lastSend = time.Since(c.epoch)
+	if first {
+		c.wakeWriter()
+	}
+	return nil
+}
+
 // enqueue appends m to the queue, or writes it at once when the channel
 // was quiet. It returns a channel to wait on when the queue has no room,
 // else the result.
