@@ -124,9 +124,15 @@ func TestLeastConnGoesToTheIdleWorker(t *testing.T) {
 	if !herdtest.Eventually(10*time.Second, func() bool { return s.Workers()[2].Conns == 0 }) {
 		t.Fatalf("worker 2 still has %d connections counted", s.Workers()[2].Conns)
 	}
+	// Each request waits for the last one's close to be reported: the
+	// policy goes by the counts the workers report, and a report still on
+	// its way would make worker 2 look as busy as the others.
 	for i := range 10 {
 		if r := askFrom(t, nil, addr); r.ID != 2 {
 			t.Fatalf("request %d went to worker %d, want the idle worker 2", i, r.ID)
+		}
+		if !herdtest.Eventually(10*time.Second, func() bool { return s.Workers()[2].Conns == 0 }) {
+			t.Fatalf("worker 2 still has %d connections counted after request %d", s.Workers()[2].Conns, i)
 		}
 	}
 	stop()

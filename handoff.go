@@ -154,11 +154,15 @@ func (h *handover) give(p *process, c handed) bool {
 		return false
 	}
 	c.given = time.Now()
+	// Counted before it is sent: the worker can serve and close it, and
+	// its herd.closed arrive, before SendConn returns (closed does not
+	// take mu), and a count that went below zero there would stay one high.
+	p.handoff.open.Add(1)
 	if err := p.ch.SendConn(h.s.connLine(p, c.listener), c.fd, handoffQueue); err != nil {
+		p.handoff.open.Add(-1)
 		return false
 	}
 	p.handoff.unacked = append(p.handoff.unacked, c)
-	p.handoff.open.Add(1)
 	return true
 }
 

@@ -105,10 +105,18 @@ func (w *Worker) takeConn(m ipc.Message) {
 
 // reportClosed says a handed connection ended; reports that cannot go out
 // at once (a full channel) go with the next.
+//
+// Closes race each other: each takes the whole count (Swap) so that every
+// close is reported exactly once; one that finds it already taken by
+// another has nothing to send.
 func (w *Worker) reportClosed() {
-	n := w.unreported.Add(1)
-	if w.ch.TrySend(ipc.Message{Type: ipc.TypeClosed, Data: []byte(fmt.Sprint(n))}) == nil {
-		w.unreported.Add(-n)
+	w.unreported.Add(1)
+	n := w.unreported.Swap(0)
+	if n == 0 {
+		return
+	}
+	if w.ch.TrySend(ipc.Message{Type: ipc.TypeClosed, Data: []byte(fmt.Sprint(n))}) != nil {
+		w.unreported.Add(n)
 	}
 }
 

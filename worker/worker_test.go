@@ -3,6 +3,7 @@ package worker
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -231,4 +232,56 @@ func fakePrimaryB(b *testing.B) (net.Conn, error) {
 	b.Setenv("HERD_WORKER_ID", "0")
 	b.Setenv("HERD_IPC_FD", strconv.Itoa(fds[1]))
 	return primary, nil
+}
+
+// Handed connections closing at once on many goroutines are each counted
+// once in herd.closed (least-conn balances by that count: one counted
+// twice makes a worker look idler than it is, for good).
+func TestConcurrentClosesAreReportedOnce(t *testing.T) {
+	primary, sc := fakePrimary(t, 0)
+	w, err := Start(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	expectLine(t, sc, `{"type":"herd.hello","v":1}`)
+	primary.Write([]byte(`{"type":"herd.hello","v":1,"id":0,"workers":3,"max":1048576}` + "\n"))
+
+	const goroutines, each = 32, 100
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				w.reportClosed()
+			}
+		}()
+	}
+	total := 0
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for total < goroutines*each {
+		primary.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if !sc.Scan() {
+			t.Fatalf("channel ended after %d closes reported, want %d (%v)", total, goroutines*each, sc.Err())
+		}
+		var m struct {
+			Type string
+			Data int
+		}
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil || m.Type != "herd.closed" || m.Data < 1 {
+			t.Fatalf("worker sent %s, want herd.closed with a positive count", sc.Text())
+		}
+		total += m.Data
+	}
+	<-done
+	// Nothing more may follow: a count reported twice would.
+	primary.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if sc.Scan() {
+		t.Fatalf("after all %d closes were reported the worker also sent %s", total, sc.Text())
+	}
+	if total != goroutines*each {
+		t.Fatalf("%d closes reported, want %d", total, goroutines*each)
+	}
 }
