@@ -10,6 +10,12 @@
 # worker, one at a time, driven by the worker's message handler. Each
 # measurement runs in a fresh cluster (PHASE=rtt, PHASE=oneway).
 #
+# Beside them, the floor under any channel on this machine: the same round
+# trips between two processes over a bare socket pair with blocking system
+# calls (ipcbench PHASE=floor), so that a round trip can be read as "so
+# many times the floor" where the machine's wake-up latency moves from run
+# to run.
+#
 # Knobs: ROUNDS=5, MSGS=2000000 (one-way messages per run), RTT=20000.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,6 +49,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			fi
 			out+=$'\n'
 		done
+		if [[ $side == herd ]]; then
+			# What no channel can beat here (see ipcbench's PHASE=floor).
+			out+=$(PHASE=floor "$tmp/ipcbench" 2>"$tmp/err") || { cat "$tmp/err" >&2; exit 1; }
+			out+=$'\n'
+		fi
 		echo "round $r $side: $(echo "$out" | tr '\n' ' ')" >&2
 		while read -r key val; do
 			V[$side.$key]+="$val "
@@ -61,4 +72,16 @@ for key in oneway_msgs_per_s rtt_median_us rtt_p99_us; do
 	h=$(median ${V[herd.$key]}) n=$(median ${V[node.$key]})
 	# shellcheck disable=SC2086
 	echo "| $key | $h ($(range ${V[herd.$key]})) | $n ($(range ${V[node.$key]})) | $(awk -v a="$h" -v b="$n" 'BEGIN { printf "%.2fx", a / b }') |"
+done
+echo
+echo "The floor: the same round trips between two processes over a bare socket"
+echo "pair, blocking read(2)/write(2), no JSON, no event loop (ipcbench PHASE=floor):"
+echo
+echo "| figure | floor | herd / floor | Node / floor |"
+echo "| --- | ---: | ---: | ---: |"
+for key in rtt_median_us rtt_p99_us; do
+	# shellcheck disable=SC2086
+	f=$(median ${V[herd.floor_$key]}) h=$(median ${V[herd.$key]}) n=$(median ${V[node.$key]})
+	# shellcheck disable=SC2086
+	echo "| $key | $f ($(range ${V[herd.floor_$key]})) | $(awk -v a="$h" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') | $(awk -v a="$n" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') |"
 done

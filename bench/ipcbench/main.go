@@ -7,7 +7,10 @@
 //	go run ./bench/ipcbench            # MSGS=2000000 RTT=20000
 //
 // PHASE=oneway or PHASE=rtt runs one of the two measurements only, in a
-// fresh process.
+// fresh process. PHASE=floor measures what no channel can beat on this
+// machine: the same round trips between two processes over a bare socket
+// pair with blocking read and write system calls (no JSON, no runtime
+// poller), printed as floor_rtt_median_us and floor_rtt_p99_us.
 //
 // Output (stdout), the same lines node-ipc.js prints:
 //
@@ -21,9 +24,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/herd-sh/herd"
@@ -39,9 +44,14 @@ func envInt(name string, def int) int {
 
 func main() {
 	var err error
-	if worker.IsWorker() {
+	switch {
+	case os.Getenv("IPCBENCH_FLOOR_CHILD") != "":
+		err = floorChild()
+	case os.Getenv("PHASE") == "floor":
+		err = floorMain()
+	case worker.IsWorker():
 		err = workerMain()
-	} else {
+	default:
 		err = primaryMain()
 	}
 	if err != nil {
@@ -183,4 +193,69 @@ func workerMain() error {
 	})
 	<-w.Context().Done()
 	return nil
+}
+
+// floorMain plays ping-pong with a copy of this program over a socket
+// pair, one message of the benchmark's size at a time, with blocking
+// system calls on both ends: the latency of two process wake-ups and two
+// socket hops, which is the floor under any channel's round trip.
+func floorMain() error {
+	rounds := envInt("RTT", 20_000)
+	const warmup = 2000
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	child := os.NewFile(uintptr(fds[1]), "floor-child")
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), "IPCBENCH_FLOOR_CHILD=1")
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	child.Close()
+	fd := fds[0]
+	msg := []byte(`{"type":"ping","data":12345}` + "\n")
+	buf := make([]byte, 256)
+	lat := make([]time.Duration, 0, rounds)
+	for i := range warmup + rounds {
+		t := time.Now()
+		if _, err := syscall.Write(fd, msg); err != nil {
+			return err
+		}
+		if _, err := syscall.Read(fd, buf); err != nil {
+			return err
+		}
+		if i >= warmup {
+			lat = append(lat, time.Since(t))
+		}
+	}
+	syscall.Close(fd)
+	if err := cmd.Wait(); err != nil {
+		return err
+	}
+	slices.Sort(lat)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	fmt.Printf("floor_rtt_median_us %.1f\n", us(lat[len(lat)/2]))
+	fmt.Printf("floor_rtt_p99_us %.1f\n", us(lat[len(lat)*99/100]))
+	return nil
+}
+
+// floorChild echoes what arrives on fd 3 until it closes.
+func floorChild() error {
+	buf := make([]byte, 256)
+	for {
+		n, err := syscall.Read(3, buf)
+		if n <= 0 || err != nil {
+			return nil
+		}
+		if _, err := syscall.Write(3, buf[:n]); err != nil {
+			return err
+		}
+	}
 }

@@ -6,9 +6,10 @@
 // Batching is what makes the channel fast under load: a sender only
 // appends to the queue, so while the writer is in a write, every message
 // sent meanwhile joins the next one. Latency is what matters when the
-// channel is quiet, so a message sent after a pause is written at once by
-// its sender, with one non-blocking write and no goroutine to wake; what
-// the socket does not take goes to the queue.
+// channel is quiet, so a message sent after a pause, or after a message
+// arrived (an answer), is written at once by its sender, with one
+// non-blocking write and no goroutine to wake; what the socket does not
+// take goes to the queue.
 package channel
 
 import (
@@ -20,6 +21,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -96,6 +98,13 @@ type Conn struct {
 
 	wake       chan struct{} // capacity 1: out has bytes
 	writerDone chan struct{}
+
+	// reads counts the messages the read loop has delivered; readsSeen
+	// (under mu) is its value when the last write began. A message sent
+	// after a read is likely an answer to it, which is written at once
+	// (see put).
+	reads     atomic.Uint64
+	readsSeen uint64
 }
 
 // New starts the writer of a channel over c. maxMessage (0: the default)
@@ -334,8 +343,15 @@ func (c *Conn) put(m *ipc.Message, line []byte, fd int, relay bool, maxQueued in
 	if fd >= 0 {
 		c.marks = append(c.marks, fdMark{before, fd})
 	}
+	// Straight out, from the sender's goroutine, when nothing else is
+	// being written and this is not part of a stream: the channel was
+	// quiet, or a message arrived since the last write (an answer: in a
+	// request/reply exchange the last write can end only microseconds
+	// before the next, because the kernel may run the whole round trip
+	// inside it, and waking the writer would cost a thread hand-off each
+	// time).
 	now := time.Since(c.epoch)
-	quiet := now-c.lastSend > directGap
+	quiet := now-c.lastSend > directGap || c.reads.Load() != c.readsSeen
 	c.lastSend = now
 	if before == 0 && quiet && !c.busy && c.raw != nil {
 		c.writeNow() // unlocks
@@ -356,6 +372,7 @@ func (c *Conn) writeNow() {
 	c.out, c.spare = c.spare[:0], nil
 	c.marks = nil
 	c.busy, c.inflight = true, len(buf)
+	c.readsSeen = c.reads.Load()
 	c.mu.Unlock()
 
 	n := 0
@@ -435,6 +452,7 @@ func (c *Conn) writeLoop() {
 		c.out, c.spare = c.spare[:0], nil
 		c.marks = nil
 		c.busy, c.inflight = true, len(buf)
+		c.readsSeen = c.reads.Load()
 		c.mu.Unlock()
 
 		werr := c.writeBatch(buf, marks)
@@ -616,6 +634,7 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 			h.Bad(err)
 			continue
 		}
+		c.reads.Add(1)
 		h.Message(m)
 	}
 }
