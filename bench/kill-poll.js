@@ -4,11 +4,13 @@
 //
 //   node bench/kill-poll.js PORT VICTIM_PID SURVIVOR_PID
 //
-// Sends SIGKILL to VICTIM_PID, then opens new connections to
-// 127.0.0.1:PORT in a tight loop, each sending one "GET /" with
-// "Connection: close": the next one as soon as the last one settled, or
-// after 10 ms while it is still pending (at most 16 pending), so that a
-// connection that hangs does not stop the polling. It stops at the first
+// Sends SIGKILL to VICTIM_PID, then opens a new connection to
+// 127.0.0.1:PORT every POLL_MS milliseconds (at most 16 pending), each
+// sending one "GET /" with "Connection: close". The rate is fixed, not
+// "the next one as soon as the last one settled": a closed loop loads the
+// machine in proportion to how fast the surviving worker answers, and that
+// load slows the replacement's start-up, so the cluster that serves best
+// during the gap would be timed worst. It stops at the first
 // answer from a pid that is neither VICTIM_PID nor SURVIVOR_PID (hello.js
 // answers "hello from worker N pid P"), lets the connections still pending
 // finish or time out, and prints one line:
@@ -20,7 +22,7 @@
 // answer; hung: no answer within HANG_MS; other: any other error or
 // status (named on stderr). Exits 1 if no new pid answered within MAX_MS.
 //
-// Environment: HANG_MS=1000, MAX_MS=10000.
+// Environment: HANG_MS=1000, MAX_MS=10000, POLL_MS=1.
 
 const net = require('node:net');
 
@@ -31,11 +33,11 @@ if (!(port > 0 && victim > 0 && survivor > 0)) {
 }
 const hangMs = Number(process.env.HANG_MS ?? 1000);
 const maxMs = Number(process.env.MAX_MS ?? 10_000);
+const pollMs = Number(process.env.POLL_MS ?? 1);
 const request = Buffer.from('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
 
 const count = { tries: 0, ok: 0, refused: 0, reset: 0, hung: 0, other: 0 };
 let pending = 0;
-let lastStart = 0;
 let found = null; // { ms, pid }
 let t0 = 0n;
 
@@ -59,7 +61,6 @@ function finish() {
 function attempt() {
   count.tries++;
   pending++;
-  lastStart = performance.now();
   const chunks = [];
   let settled = false;
   const sock = net.connect({ port, host: '127.0.0.1' });
@@ -72,7 +73,6 @@ function attempt() {
     if (kind === 'other') console.error(`kill-poll.js: ${detail}`);
     pending--;
     if (found || stopped) finish();
-    else next();
   };
   const timer = setTimeout(() => done('hung'), hangMs);
   sock.on('connect', () => sock.write(request));
@@ -98,10 +98,7 @@ function next() {
   if (!found && !stopped && pending < 16) attempt();
 }
 
-// A new try every 10 ms while the last one is still pending.
-const ticker = setInterval(() => {
-  if (pending > 0 && performance.now() - lastStart >= 10) next();
-}, 2);
+const ticker = setInterval(next, pollMs);
 const deadline = setTimeout(() => {
   stopped = true;
   finish();

@@ -28,7 +28,8 @@
 #    SIGHUP to the primary's "reloaded in N ms" (the last old worker has
 #    exited), as the primary measures it.
 # 3. kill -9 -> a replacement serving, with the cluster idle: bench/kill-poll.js
-#    SIGKILLs the oldest worker and polls the port with new connections
+#    SIGKILLs the oldest worker and polls the port with a new connection
+#    every millisecond (a fixed rate, the same load on every scenario)
 #    until a pid that is neither the killed worker nor the survivor answers
 #    (median over KILLS, with the range). It also counts, during that gap,
 #    connections refused, reset, or left hanging (no answer within 1 s):
