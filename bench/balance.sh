@@ -68,6 +68,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -86,8 +88,6 @@ SCENARIOS=(
 	nginx-rr
 	herd-proxy
 )
-
-selected() { [[ -z $ONLY || $1 =~ $ONLY ]]; }
 
 need_herd=false need_nginx=false
 for s in "${SCENARIOS[@]}"; do
@@ -131,27 +131,9 @@ fi
 
 # --- helpers ---------------------------------------------------------------
 
-# Each scenario is started in its own process group with HERD_BENCH_TAG=TAG
-# in its environment. Not with setsid: a new session is a new scheduler
-# autogroup, which would split the CPU 50/50 between server and wrk instead
-# of per thread.
-#
-# tagged_pids TAG: the processes started with HERD_BENCH_TAG=TAG (this finds
-# workers even if they moved to another process group or were orphaned).
-# nginx overwrites its environment with its process title, so its processes
-# are found by their process group instead (group_pids).
-tagged_pids() {
-	grep -lsxzF "HERD_BENCH_TAG=$1" /proc/[0-9]*/environ |
-		awk -F/ -v self=$$ '$3 != self { print $3 }' || true
-}
-
-kill_tagged() { # kill_tagged TAG SIGNAL
-	local -a pids
-	mapfile -t pids < <(tagged_pids "$1")
-	((${#pids[@]} == 0)) || kill -"$2" "${pids[@]}" 2>/dev/null || true
-}
-
-# group_pids PGID: the live processes in process group PGID.
+# group_pids PGID: the live processes in process group PGID (nginx
+# overwrites its environment with its process title, so tagged_pids does
+# not find its processes).
 group_pids() {
 	local f stat
 	local -a s
@@ -165,20 +147,6 @@ group_pids() {
 
 kill_group() { # kill_group PGID SIGNAL
 	if [[ -n $1 ]]; then kill -"$2" -- -"$1" 2>/dev/null || true; fi
-}
-
-# listening PORT: true if some socket listens on PORT (IPv4 or IPv6).
-listening() {
-	local hex
-	hex=$(printf '%04X' "$1")
-	awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
-		/proc/net/tcp /proc/net/tcp6
-}
-
-alive() { # alive PID: running and not a zombie
-	local state
-	state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-	[[ $state != Z ]]
 }
 
 children() { # children PID: its live child processes
@@ -203,35 +171,6 @@ cpu_ticks() {
 		t=$((t + f[11] + f[12]))
 	done
 	echo "$t"
-}
-
-# wait_ready PORT PID WANT: poll until the port answers (10 s at most) and,
-# for up to 3 s more, until WANT distinct worker pids have answered. The pid
-# is the last word of the body in both "hello from worker N pid P" and
-# "hello from port P pid N".
-wait_ready() {
-	local port=$1 pid=$2 want=$3 body deadline
-	local -A seen=()
-	deadline=$((SECONDS + 10))
-	until body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/"); do
-		if ! alive "$pid"; then
-			echo "  process exited before answering" >&2
-			return 1
-		fi
-		if ((SECONDS >= deadline)); then
-			echo "  port $port did not answer within 10 s" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	seen[p${body##* pid }]=1
-	deadline=$((SECONDS + 3))
-	while ((${#seen[@]} < want && SECONDS < deadline)); do
-		body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/") && seen[p${body##* pid }]=1
-	done
-	if ((${#seen[@]} < want)); then
-		echo "  warning: only ${#seen[@]} of $want workers answered" >&2
-	fi
 }
 
 # stop PID TAG PORTS...: SIGTERM the scenario's main process, wait up to
@@ -269,17 +208,6 @@ stop() {
 		done
 		echo "  warning: something still listens on port $port" >&2
 	done
-}
-
-# run_wrk SECONDS OUTFILE [ARGS...]: wrk in the background, so that a
-# signal to this script is handled at once rather than after wrk is done.
-run_wrk() {
-	local d=$1 out=$2
-	shift 2
-	wrk -t"$THREADS" -c"$CONNS" -d"${d}s" "$@" >"$out" 2>&1 &
-	wrk_pid=$!
-	wait "$wrk_pid" || true
-	wrk_pid=
 }
 
 # bench PORT MODE: sets RPS to the req/s measured, FCPU and ACPU to the
@@ -518,21 +446,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	done
 done
 
-median() { # median VALUES...: the median of the non-empty values, or nothing
-	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
-		if (NR == 0) exit
-		if (NR % 2) print v[(NR + 1) / 2]; else printf "%g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-spread() { # spread VALUES...: "min-max", or nothing for fewer than two values
-	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR > 1) printf "%s-%s", v[1], v[NR] }'
-}
-cell() { # cell VALUES...: "median (min-max)"
-	local m r
-	m=$(median "$@")
-	r=$(spread "$@")
-	echo "${m:-n/a}${r:+ ($r)}"
-}
-
 echo
 echo "| scenario | keep-alive req/s | close req/s |"
 echo "| --- | ---: | ---: |"
@@ -541,21 +454,6 @@ for name in "${SCENARIOS[@]}"; do
 	# shellcheck disable=SC2086
 	echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
 done
-
-# paired A B VALUES_A VALUES_B: the median of the per-round ratios A/B,
-# which cancels the drift between rounds that a ratio of medians keeps.
-paired() {
-	local -a a b
-	read -r -a a <<<"$1"
-	read -r -a b <<<"$2"
-	local i out=()
-	for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
-		out+=("$(awk -v x="${a[i]}" -v y="${b[i]}" 'BEGIN { if (x > 0 && y > 0) printf "%.4f", x / y }')")
-	done
-	local m
-	m=$(median "${out[@]}")
-	[[ -n $m ]] && awk -v r="$m" 'BEGIN { printf "%.1f%%", 100 * r }' || printf 'n/a'
-}
 
 echo
 echo "| ratio (median of per-round ratios) | keep-alive | close | target (keep-alive, close) |"

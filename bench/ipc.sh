@@ -19,6 +19,8 @@
 # Knobs: ROUNDS=5, MSGS=2000000 (one-way messages per run), RTT=20000.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 ROUNDS=${ROUNDS:-5}
 export MSGS=${MSGS:-2000000} RTT=${RTT:-20000}
@@ -61,8 +63,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
 
 echo
 echo "| figure | herd (Go worker) | Node cluster | herd / Node |"
@@ -71,7 +71,7 @@ for key in oneway_msgs_per_s rtt_median_us rtt_p99_us; do
 	# shellcheck disable=SC2086 # split the per-round values
 	h=$(median ${V[herd.$key]}) n=$(median ${V[node.$key]})
 	# shellcheck disable=SC2086
-	echo "| $key | $h ($(range ${V[herd.$key]})) | $n ($(range ${V[node.$key]})) | $(awk -v a="$h" -v b="$n" 'BEGIN { printf "%.2fx", a / b }') |"
+	echo "| $key | $(cell ${V[herd.$key]}) | $(cell ${V[node.$key]}) | $(awk -v a="$h" -v b="$n" 'BEGIN { printf "%.2fx", a / b }') |"
 done
 echo
 echo "The floor: the same round trips between two processes over a bare socket"
@@ -83,5 +83,5 @@ for key in rtt_median_us rtt_p99_us; do
 	# shellcheck disable=SC2086
 	f=$(median ${V[herd.floor_$key]}) h=$(median ${V[herd.$key]}) n=$(median ${V[node.$key]})
 	# shellcheck disable=SC2086
-	echo "| $key | $f ($(range ${V[herd.floor_$key]})) | $(awk -v a="$h" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') | $(awk -v a="$n" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') |"
+	echo "| $key | $(cell ${V[herd.floor_$key]}) | $(awk -v a="$h" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') | $(awk -v a="$n" -v b="$f" 'BEGIN { printf "%.1fx", a / b }') |"
 done

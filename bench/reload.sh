@@ -65,6 +65,9 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+MEDIAN_FORMAT=%.1f # milliseconds
 
 DURATION=${DURATION:-20}
 RELOADS=${RELOADS:-5}
@@ -78,8 +81,6 @@ WORKERS=2
 PM2_APP=reload-bench
 
 SCENARIOS=(herd pm2-cluster node-cluster)
-
-selected() { [[ -z $ONLY || $1 =~ $ONLY ]]; }
 
 # --- tools -----------------------------------------------------------------
 missing=()
@@ -135,38 +136,6 @@ if selected pm2-cluster; then
 fi
 
 # --- helpers ---------------------------------------------------------------
-
-# Each scenario runs with HERD_BENCH_TAG=TAG in its environment (the PM2
-# daemon and its workers too, as it is started by the first `pm2` command
-# of the scenario), and herd and the Node primary in a process group of
-# their own (as in bench/http.sh: not with setsid, which would change how
-# the CPU is shared with wrk).
-#
-# tagged_pids TAG: the processes started with HERD_BENCH_TAG=TAG.
-tagged_pids() {
-	grep -lsxzF "HERD_BENCH_TAG=$1" /proc/[0-9]*/environ |
-		awk -F/ -v self=$$ '$3 != self { print $3 }' || true
-}
-
-kill_tagged() { # kill_tagged TAG SIGNAL
-	local -a pids
-	mapfile -t pids < <(tagged_pids "$1")
-	((${#pids[@]} == 0)) || kill -"$2" "${pids[@]}" 2>/dev/null || true
-}
-
-# listening PORT: true if some socket listens on PORT (IPv4 or IPv6).
-listening() {
-	local hex
-	hex=$(printf '%04X' "$1")
-	awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
-		/proc/net/tcp /proc/net/tcp6
-}
-
-alive() { # alive PID: running and not a zombie
-	local state
-	state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-	[[ $state != Z ]]
-}
 
 pm2cmd() { HERD_BENCH_TAG=$cur "$PM2" "$@"; }
 
@@ -242,33 +211,6 @@ wait_workers() {
 		fi
 		sleep 0.1
 	done
-}
-
-# wait_ready PORT PID WANT: poll until the port answers (15 s at most) and,
-# for up to 3 s more, until WANT distinct worker pids have answered.
-wait_ready() {
-	local port=$1 pid=$2 want=$3 body deadline
-	local -A seen=()
-	deadline=$((SECONDS + 15))
-	until body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/"); do
-		if ! alive "$pid"; then
-			echo "  process exited before answering" >&2
-			return 1
-		fi
-		if ((SECONDS >= deadline)); then
-			echo "  port $port did not answer within 15 s" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	seen[p${body##* pid }]=1
-	deadline=$((SECONDS + 3))
-	while ((${#seen[@]} < want && SECONDS < deadline)); do
-		body=$(curl -sf --max-time 1 "http://127.0.0.1:$port/") && seen[p${body##* pid }]=1
-	done
-	if ((${#seen[@]} < want)); then
-		echo "  warning: only ${#seen[@]} of $want workers answered" >&2
-	fi
 }
 
 # start NAME PORT: starts the scenario; sets PID (herd, the Node primary or
@@ -470,20 +412,6 @@ kill_test() {
 	wait_workers "$name" "$victim" || failed=1
 }
 
-median() { # median VALUES...: the median of the non-empty values, or nothing
-	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
-		if (NR == 0) exit
-		if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-spread() { # spread VALUES...: "min-max", or nothing for fewer than two values
-	printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR > 1) printf "%s-%s", v[1], v[NR] }'
-}
-cell() { # cell VALUES...: "median (min-max)"
-	local m r
-	m=$(median "$@")
-	r=$(spread "$@")
-	echo "${m:-n/a}${r:+ ($r)}"
-}
 ratio() { # ratio A B: A/B, or n/a
 	awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else printf "n/a" }'
 }
@@ -525,7 +453,7 @@ for name in "${SCENARIOS[@]}"; do
 		failed=1
 		continue
 	fi
-	if ! start "$name" "$port" || ! wait_ready "$port" "$PID" "$WORKERS" || ! wait_workers "$name"; then
+	if ! start "$name" "$port" || ! wait_ready "$port" "$PID" "$WORKERS" 15 || ! wait_workers "$name"; then
 		sed 's/^/  | /' "$tmp/$name.log" | tail -20 >&2
 		failed=1
 		stop "$name" "$port"

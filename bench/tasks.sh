@@ -29,6 +29,9 @@
 # TIMEOUT=600 (seconds per run); TASKS=int|raw goes to bench/poolbench.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+MEDIAN_FORMAT=%.0f # tasks/s
 
 ROUNDS=${ROUNDS:-3}
 N=${N:-1000000} NPY=${NPY:-${N:-1000000}} M=${M:-2000}
@@ -163,8 +166,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done <"$tmp/round"
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
 
 # shellcheck disable=SC2086 # split the per-round values
 node=$(median ${V[node]})
@@ -180,7 +181,7 @@ row() { # row KEY LABEL TARGET
 		if awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then target="≥ $target (met)"; else target="≥ $target (missed)"; fi
 	fi
 	# shellcheck disable=SC2086
-	echo "| $2 | $m ($(range ${V[$1]})) | ${ratio}x | $target |"
+	echo "| $2 | $(cell ${V[$1]}) | ${ratio}x | $target |"
 }
 row pool "herd.Pool (Go library), $N tasks" 5
 row map-go "herd map, Go worker (double-go), $N tasks" 2
