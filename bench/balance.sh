@@ -116,7 +116,7 @@ cleanup() {
 	[[ -n $wrk_pid ]] && kill "$wrk_pid" 2>/dev/null
 	if [[ -n $cur ]]; then
 		kill_tagged "$cur" KILL
-		kill_group "$PID" KILL
+		[[ -z $PID ]] || kill -KILL -- -"$PID" 2>/dev/null
 	fi
 	rm -rf "$tmp"
 }
@@ -143,10 +143,6 @@ group_pids() {
 		[[ ${s[2]} == "$1" && ${s[0]} != Z ]] && echo "${f//[^0-9]/}"
 	done
 	return 0
-}
-
-kill_group() { # kill_group PGID SIGNAL
-	if [[ -n $1 ]]; then kill -"$2" -- -"$1" 2>/dev/null || true; fi
 }
 
 children() { # children PID: its live child processes
@@ -177,36 +173,13 @@ cpu_ticks() {
 # 10 s, then make sure nothing of it is left (SIGKILL the rest if needed)
 # and that the PORTS are free again.
 stop() {
-	local pid=$1 tag=$2 i rc=0 left port
+	local pid=$1 tag=$2 port
 	shift 2
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 100; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "  warning: pid $pid ignored SIGTERM for 10 s, killing" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || rc=$?
-	((rc == 0)) || echo "  note: main process exited with status $rc" >&2
-	for ((i = 0; i < 30; i++)); do
-		left=$( (tagged_pids "$tag" && group_pids "$pid") | sort -u)
-		[[ -z $left ]] && break
-		sleep 0.1
-	done
-	if [[ -n $left ]]; then
-		echo "  warning: left behind after stop: ${left//$'\n'/ }; killing" >&2
-		kill_group "$pid" KILL
-		kill_tagged "$tag" KILL
-	fi
+	end_main "$pid"
+	sweep "$tag" "$pid"
 	cur='' PID=''
 	for port in "$@"; do
-		for ((i = 0; i < 20; i++)); do
-			listening "$port" || continue 2
-			sleep 0.1
-		done
-		echo "  warning: something still listens on port $port" >&2
+		port_free "$port"
 	done
 }
 

@@ -97,34 +97,11 @@ if $need_go; then go build -o "$tmp/hello-go" ./examples/hello-go; fi
 # stop PID TAG PORT: SIGTERM the scenario's main process, wait up to 10 s,
 # then make sure nothing of it is left (SIGKILL the rest if needed).
 stop() {
-	local pid=$1 tag=$2 port=$3 i rc=0 left
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 100; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "  warning: pid $pid ignored SIGTERM for 10 s, killing" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || rc=$?
-	((rc == 0)) || echo "  note: main process exited with status $rc" >&2
-	for ((i = 0; i < 30; i++)); do
-		left=$(tagged_pids "$tag")
-		[[ -z $left ]] && break
-		sleep 0.1
-	done
-	if [[ -n $left ]]; then
-		echo "  warning: left behind after stop: ${left//$'\n'/ }; killing" >&2
-		kill -KILL -- -"$pid" 2>/dev/null || true
-		kill_tagged "$tag" KILL
-	fi
+	local pid=$1 tag=$2 port=$3
+	end_main "$pid"
+	sweep "$tag" "$pid"
 	cur=
-	for ((i = 0; i < 20; i++)); do
-		listening "$port" || return 0
-		sleep 0.1
-	done
-	echo "  warning: something still listens on port $port" >&2
+	port_free "$port"
 }
 
 # bench PORT MODE: sets RPS to the req/s measured; MODE is keepalive or close.

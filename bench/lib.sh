@@ -115,3 +115,49 @@ paired() {
 	m=$(median "${ratios[@]}")
 	[[ -n $m ]] && awk -v r="$m" 'BEGIN { printf "%.1f%%", 100 * r }' || printf 'n/a'
 }
+
+# end_main PID: SIGTERM the scenario's main process (a child of this
+# shell), SIGKILL it if it is still there after 10 s, and reap it.
+end_main() {
+	local pid=$1 i rc=0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	if alive "$pid"; then
+		echo "  warning: pid $pid ignored SIGTERM for 10 s, killing" >&2
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || rc=$?
+	((rc == 0)) || echo "  note: main process exited with status $rc" >&2
+}
+
+# sweep TAG [PGID]: give what is left of scenario TAG (and of process group
+# PGID) 3 s to be gone, then SIGKILL it. Uses group_pids when PGID is given
+# and the script defines it.
+sweep() {
+	local tag=$1 pgid=${2:-} i left
+	for ((i = 0; i < 30; i++)); do
+		if [[ -n $pgid ]] && declare -F group_pids >/dev/null; then
+			left=$( (tagged_pids "$tag" && group_pids "$pgid") | sort -u)
+		else
+			left=$(tagged_pids "$tag")
+		fi
+		[[ -z $left ]] && return 0
+		sleep 0.1
+	done
+	echo "  warning: left behind after stop: ${left//$'\n'/ }; killing" >&2
+	[[ -z $pgid ]] || kill -KILL -- -"$pgid" 2>/dev/null || true
+	kill_tagged "$tag" KILL
+}
+
+# port_free PORT: wait up to 2 s for nothing to listen on PORT.
+port_free() {
+	local i
+	for ((i = 0; i < 20; i++)); do
+		listening "$1" || return 0
+		sleep 0.1
+	done
+	echo "  warning: something still listens on port $1" >&2
+}

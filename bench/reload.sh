@@ -249,39 +249,17 @@ start() {
 # stop NAME PORT: stop the scenario gracefully (10 s at most), then make
 # sure nothing of it is left and the port is free.
 stop() {
-	local name=$1 port=$2 i rc=0 left
+	local name=$1 port=$2
 	if [[ $name == pm2-cluster ]]; then
 		timeout 30 "$PM2" kill >>"$tmp/$name.log" 2>&1 || echo "  warning: pm2 kill failed" >&2
 		pm2_live=false
+		sweep "$cur" # the PM2 daemon is not our child, nor a group of ours
 	else
-		kill -TERM "$PID" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			alive "$PID" || break
-			sleep 0.1
-		done
-		if alive "$PID"; then
-			echo "  warning: pid $PID ignored SIGTERM for 10 s, killing" >&2
-			kill -KILL "$PID" 2>/dev/null || true
-		fi
-		wait "$PID" 2>/dev/null || rc=$?
-		((rc == 0)) || echo "  note: main process exited with status $rc" >&2
-	fi
-	for ((i = 0; i < 30; i++)); do
-		left=$(tagged_pids "$cur")
-		[[ -z $left ]] && break
-		sleep 0.1
-	done
-	if [[ -n $left ]]; then
-		echo "  warning: left behind after stop: ${left//$'\n'/ }; killing" >&2
-		[[ $name == pm2-cluster ]] || kill -KILL -- -"$PID" 2>/dev/null || true
-		kill_tagged "$cur" KILL
+		end_main "$PID"
+		sweep "$cur" "$PID"
 	fi
 	cur=
-	for ((i = 0; i < 20; i++)); do
-		listening "$port" || return 0
-		sleep 0.1
-	done
-	echo "  warning: something still listens on port $port" >&2
+	port_free "$port"
 }
 
 # reload NAME: one rolling reload of every worker; sets MS to its duration.
