@@ -202,10 +202,14 @@ func workerMain() error {
 func floorMain() error {
 	rounds := envInt("RTT", 20_000)
 	const warmup = 2000
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		return err
 	}
+	// Close-on-exec, or the child would hold the primary's end too and
+	// never see end of stream (ExtraFiles gives it its own copy as fd 3).
+	syscall.CloseOnExec(fds[0])
+	syscall.CloseOnExec(fds[1])
 	child := os.NewFile(uintptr(fds[1]), "floor-child")
 	self, err := os.Executable()
 	if err != nil {
