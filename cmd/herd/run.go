@@ -260,6 +260,9 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	})
 	if ctl != nil {
 		log.Info("control socket", "path", ctl.Path())
+		ctl.OnPanic = func(cmd string, v any, stack []byte) {
+			log.Error("control command panicked (please report this)", "cmd", cmd, "panic", fmt.Sprint(v), "stack", string(stack))
+		}
 		watcher.Go(func() { ctl.Serve(ctx, serveControl(sup, cancel)) })
 	}
 	err = sup.Run(ctx)

@@ -69,7 +69,7 @@ func start(t *testing.T, s *Server, h Handler) (stop func()) {
 }
 
 // echo answers "echo" with three values (the last one its args), and
-// "fail" with an error.
+// "fail" with an error; "panic" panics.
 func echo(ctx context.Context, req Request, reply func(any) error) error {
 	switch req.Cmd {
 	case "echo":
@@ -81,6 +81,9 @@ func echo(ctx context.Context, req Request, reply func(any) error) error {
 		return nil
 	case "fail":
 		return errors.New("boom: no such worker")
+	case "panic":
+		var m map[string]int
+		m["x"] = 1 // a handler bug
 	}
 	return fmt.Errorf("unknown command %q", req.Cmd)
 }
@@ -404,6 +407,27 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if got, want := exchange(t, path, `{"cmd":"fail"}`+"\n"), `{"error":"boom: no such worker"}`+"\n"; got != want {
 		t.Errorf("wire: got %q, want %q", got, want)
+	}
+}
+
+// A handler that panics fails its command, and the server goes on serving.
+func TestHandlerPanicFailsOnlyItsCommand(t *testing.T) {
+	path := sockPath(t)
+	s := listen(t, path)
+	var panicked atomic.Value
+	s.OnPanic = func(cmd string, v any, stack []byte) { panicked.Store(cmd) }
+	start(t, s, echo)
+
+	err := Call(context.Background(), path, "panic", nil, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || !strings.Contains(re.Msg, `command "panic" failed`) {
+		t.Fatalf("got %v, want a RemoteError saying the command failed", err)
+	}
+	if got := panicked.Load(); got != "panic" {
+		t.Errorf("OnPanic got %v, want the command", got)
+	}
+	if err := Call(context.Background(), path, "echo", map[string]int{"n": 1}, func(json.RawMessage) error { return nil }); err != nil {
+		t.Fatalf("after a panic: %v", err)
 	}
 }
 

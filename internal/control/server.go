@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -49,6 +50,10 @@ type Server struct {
 	// because it is neither the server's uid nor root (to log it). It runs
 	// on the connection's goroutine.
 	OnRefused func(uid int)
+	// OnPanic, if set, is called when a handler panics, with the command,
+	// the panic value and the stack (to log it). The client gets an error
+	// and the server goes on.
+	OnPanic func(cmd string, v any, stack []byte)
 
 	path string
 	ln   *net.UnixListener
@@ -412,9 +417,24 @@ func (s *Server) handle(ctx context.Context, c *net.UnixConn, br *bufio.Reader, 
 	}()
 
 	w := &replier{c: c, ctx: hctx}
-	w.finish(h(hctx, req, w.reply))
+	w.finish(call(h, hctx, req, w.reply, s.OnPanic))
 	c.Close() // ends the watcher's read
 	<-watched
+}
+
+// call runs h, turning a panic into the command's error: a bug in one
+// command must not take the primary, and every worker with it, down (as
+// net/http recovers a handler's panic).
+func call(h Handler, ctx context.Context, req Request, reply func(any) error, onPanic func(string, any, []byte)) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if onPanic != nil {
+				onPanic(req.Cmd, v, debug.Stack())
+			}
+			err = fmt.Errorf("internal error: command %q failed (%v); herd goes on", req.Cmd, v)
+		}
+	}()
+	return h(ctx, req, reply)
 }
 
 // replier serializes a handler's lines and refuses them once it is over.
