@@ -98,14 +98,8 @@ done
 
 # --- tools -----------------------------------------------------------------
 PATH=$PATH:/usr/sbin:/sbin # where Debian puts nginx
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-$need_nginx && ! command -v nginx >/dev/null && missing+=(nginx-light)
-if ((${#missing[@]})); then
-	echo "installing ${missing[*]}" >&2
-	apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+need wrk curl
+! $need_nginx || need nginx=nginx-light
 
 tmp=$(mktemp -d) # 0700: also the directory of the control sockets
 cur=             # tag of the scenario currently running
@@ -420,13 +414,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 echo
-echo "| scenario | keep-alive req/s | close req/s |"
-echo "| --- | ---: | ---: |"
-for name in "${SCENARIOS[@]}"; do
-	selected "$name" || continue
-	# shellcheck disable=SC2086
-	echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
-done
+rps_table
 
 echo
 echo "| ratio (median of per-round ratios) | keep-alive | close | target (keep-alive, close) |"

@@ -65,13 +65,7 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 # --- tools -----------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-	echo "installing ${missing[*]}" >&2
-	apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+need wrk curl
 
 tmp=$(mktemp -d)
 cur=     # tag of the scenario currently running
@@ -216,13 +210,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 echo
-echo "| scenario | keep-alive req/s | close req/s |"
-echo "| --- | ---: | ---: |"
-for name in "${SCENARIOS[@]}"; do
-	selected "$name" || continue
-	# shellcheck disable=SC2086
-	echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
-done
+rps_table
 
 echo
 echo "| ratio (median of per-round ratios) | keep-alive | close |"

@@ -161,3 +161,28 @@ port_free() {
 	done
 	echo "  warning: something still listens on port $1" >&2
 }
+
+# need COMMAND[=PACKAGE]...: install, with apt-get (as root), the Debian
+# packages of the commands that are missing (PACKAGE defaults to COMMAND).
+need() {
+	local spec missing=()
+	for spec; do
+		command -v "${spec%%=*}" >/dev/null || missing+=("${spec#*=}")
+	done
+	((${#missing[@]})) || return 0
+	echo "installing ${missing[*]}" >&2
+	apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# rps_table: the req/s table of the selected SCENARIOS, from the per-round
+# values in the associative arrays KA (keep-alive) and CL (close).
+rps_table() {
+	local name
+	echo "| scenario | keep-alive req/s | close req/s |"
+	echo "| --- | ---: | ---: |"
+	for name in "${SCENARIOS[@]}"; do
+		selected "$name" || continue
+		# shellcheck disable=SC2086 # split the per-round values
+		echo "| $name | $(cell ${KA[$name]:-}) | $(cell ${CL[$name]:-}) |"
+	done
+}

@@ -83,13 +83,7 @@ PM2_APP=reload-bench
 SCENARIOS=(herd pm2-cluster node-cluster)
 
 # --- tools -----------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-	echo "installing ${missing[*]}" >&2
-	apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+need wrk curl
 
 tmp=$(mktemp -d)
 cur=             # tag of the scenario currently running
