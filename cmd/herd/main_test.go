@@ -488,37 +488,22 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			cmd := exec.Command(os.Args[0], tc.args...)
-			cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "HERD_CONTROL="+herdtest.ControlPath(t))
-			var stdout, stderr strings.Builder
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			done := make(chan error, 1)
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			go func() { done <- cmd.Wait() }()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Fatalf("herd %v hung", tc.args)
-			}
-			if got := cmd.ProcessState.ExitCode(); got != tc.code {
-				t.Errorf("exit code %d, want %d", got, tc.code)
+			code, stdout, stderr := herdCtl(t, herdtest.ControlPath(t), tc.args...)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d", code, tc.code)
 			}
 			// herd's own log may come before (a cluster that started);
 			// the error is said once, on the last line.
-			lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+			lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
 			last := lines[len(lines)-1]
-			if !strings.HasPrefix(last, "herd: ") || !strings.Contains(last, tc.want) || strings.Count(stderr.String(), tc.want) != 1 {
-				t.Errorf("stderr %q, want the error once, as a last line \"herd: ...%s...\"", stderr.String(), tc.want)
+			if !strings.HasPrefix(last, "herd: ") || !strings.Contains(last, tc.want) || strings.Count(stderr, tc.want) != 1 {
+				t.Errorf("stderr %q, want the error once, as a last line \"herd: ...%s...\"", stderr, tc.want)
 			}
 			if tc.code == 2 && len(lines) != 1 {
-				t.Errorf("a usage error must be a single line, got %q", stderr.String())
+				t.Errorf("a usage error must be a single line, got %q", stderr)
 			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout %q, want nothing", stdout.String())
+			if len(stdout) != 0 {
+				t.Errorf("stdout %q, want nothing", stdout)
 			}
 		})
 	}

@@ -13,8 +13,10 @@ import (
 	"github.com/herd-sh/herd/internal/herdtest"
 )
 
-// herdCtl runs a client command (herd send, ...) against the cluster whose
-// control socket is ctl, and returns its exit code and output.
+// herdCtl runs this test binary as the herd CLI with args and
+// HERD_CONTROL=ctl (a client command such as herd send talks to the
+// cluster there), and returns its exit code and output. It fails the test
+// if the command runs for more than 20 s.
 func herdCtl(t *testing.T, ctl string, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
