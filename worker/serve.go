@@ -38,12 +38,18 @@ func (w *Worker) Serve(srv *http.Server) error {
 	}
 	d := newDrain(srv)
 	errc := make(chan error, len(ls))
-	var serving sync.WaitGroup
+	// The Serve loops on the worker's own sockets, and on the listeners of
+	// connections the primary hands over.
+	var own, handed sync.WaitGroup
 	for _, l := range ls {
-		serving.Go(func() { errc <- srv.Serve(l) })
+		loops := &own
+		if _, ok := l.(*handoffListener); ok {
+			loops = &handed
+		}
+		loops.Go(func() { errc <- srv.Serve(l) })
 	}
 	if err := w.Ready(); err != nil && !errors.Is(err, ErrNoChannel) {
-		return errors.Join(err, w.drainNow(srv, ls, &serving))
+		return errors.Join(err, w.drainNow(srv, ls, &own, &handed))
 	}
 	var serveErr error
 	select {
@@ -56,29 +62,39 @@ func (w *Worker) Serve(srv *http.Server) error {
 		}
 	}
 	d.begin()
+	deadline := time.Now().Add(w.opts.DrainGrace)
 	// Stop accepting on the sockets; connections handed over are still
 	// taken during the grace period: the primary stopped handing this
 	// worker new ones when it asked it to stop, but some may be on the way.
+	//
+	// Each Serve loop is waited for after its listener is closed, before
+	// the drain looks at what is open: a connection accepted just as the
+	// listener closed is counted only once its loop has passed it on, and
+	// http.Server.Shutdown drops a connection whose request it reads after
+	// shutdown began (net/http closes it unanswered: the client sees EOF).
 	for _, l := range ls {
-		if _, handed := l.(*handoffListener); !handed {
+		if _, ok := l.(*handoffListener); !ok {
 			l.Close()
 		}
 	}
-	d.wait(w.opts.DrainGrace)
+	own.Wait()
+	d.waitUntil(deadline)
 	for _, l := range ls {
 		l.Close()
 	}
-	err := srv.Shutdown(context.Background())
-	serving.Wait()
-	return errors.Join(serveErr, err)
+	handed.Wait()
+	d.waitUntil(deadline)
+	return errors.Join(serveErr, srv.Shutdown(context.Background()))
 }
 
-func (w *Worker) drainNow(srv *http.Server, ls []net.Listener, serving *sync.WaitGroup) error {
+func (w *Worker) drainNow(srv *http.Server, ls []net.Listener, loops ...*sync.WaitGroup) error {
 	for _, l := range ls {
 		l.Close()
 	}
 	err := srv.Shutdown(context.Background())
-	serving.Wait()
+	for _, wg := range loops {
+		wg.Wait()
+	}
 	return err
 }
 
@@ -124,15 +140,21 @@ func (d *drain) add(n int) {
 	d.checkEmpty()
 }
 
-// checkEmpty closes empty once a drain has begun and nothing is open.
-// d.mu is held.
+// checkEmpty keeps empty closed exactly while a drain has begun and
+// nothing is open (a connection accepted late opens it again). d.mu is
+// held.
 func (d *drain) checkEmpty() {
-	if d.draining.Load() && d.open == 0 {
-		select {
-		case <-d.empty:
-		default:
-			close(d.empty)
-		}
+	closed := false
+	select {
+	case <-d.empty:
+		closed = true
+	default:
+	}
+	switch nothing := d.draining.Load() && d.open == 0; {
+	case nothing && !closed:
+		close(d.empty)
+	case !nothing && closed:
+		d.empty = make(chan struct{})
 	}
 }
 
@@ -143,13 +165,23 @@ func (d *drain) begin() {
 	d.checkEmpty()
 }
 
-// wait waits until every connection has closed or grace has passed.
-func (d *drain) wait(grace time.Duration) {
-	t := time.NewTimer(grace)
+// waitUntil waits until every connection has closed or deadline has
+// passed.
+func (d *drain) waitUntil(deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
-	select {
-	case <-d.empty:
-	case <-t.C:
+	for {
+		d.mu.Lock()
+		empty, done := d.empty, d.draining.Load() && d.open == 0
+		d.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-empty:
+		case <-t.C:
+			return
+		}
 	}
 }
 
