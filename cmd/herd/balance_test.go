@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,20 +117,23 @@ func TestProxyKilledWorkerFailsNoNewConnection(t *testing.T) {
 		st := waitWorkers(t, ctl, 2)
 		load := herdtest.StartLoad(h.Addr("listen0"), 4, false)
 		time.Sleep(300 * time.Millisecond)
+		victim := st.Workers[round%2].PID
 		killed := time.Now()
-		syscall.Kill(st.Workers[round%2].PID, syscall.SIGKILL)
+		syscall.Kill(victim, syscall.SIGKILL)
 		time.Sleep(500 * time.Millisecond)
 		r := load.Stop()
 		// A request the worker had accepted dies with it (at most one per
-		// client), and so does one proxied to it in the instant it dies,
-		// before the kernel closes its socket (a millisecond or two on a
-		// busy machine). None that started later may fail.
-		if n := r.FailedSince(killed.Add(20 * time.Millisecond)); n > 0 {
+		// client), and so does one proxied to it while it was dying, before
+		// the kernel closed its socket. herd sees the exit only after that:
+		// none that started once herd logged it may fail.
+		gone := loggedAt(t, h.WaitLog(fmt.Sprintf(`pid=%d status="signal: killed"`, victim), 10*time.Second))
+		if n := r.FailedSince(gone); n > 0 {
 			var when []string
 			for _, at := range r.FailedAt {
 				when = append(when, at.Sub(killed).String())
 			}
-			t.Errorf("round %d: %d requests that started after the kill failed (started at %v from the kill): %v", round, n, when, r.Errors)
+			t.Errorf("round %d: %d requests that started after herd saw the worker exit (%v after the kill) failed (started at %v from the kill): %v",
+				round, n, gone.Sub(killed), when, r.Errors)
 		}
 		if r.Failed > 4 || r.OK < 20 {
 			t.Errorf("round %d: %d answers, %d failed", round, r.OK, r.Failed)
@@ -138,6 +142,21 @@ func TestProxyKilledWorkerFailsNoNewConnection(t *testing.T) {
 			t.Errorf("round %d: a request took %v: stranded", round, r.Slowest)
 		}
 	}
+}
+
+// loggedAt is the time of a log line of herd's, rounded up to the next
+// millisecond (the log has milliseconds).
+func loggedAt(t *testing.T, line string) time.Time {
+	t.Helper()
+	m := regexp.MustCompile(`time=(\S+)`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("no time in log line %q", line)
+	}
+	at, err := time.Parse(time.RFC3339Nano, m[1])
+	if err != nil {
+		t.Fatalf("log line %q: %v", line, err)
+	}
+	return at.Add(time.Millisecond)
 }
 
 // The hand-over examples take connections from the channel: Python with
