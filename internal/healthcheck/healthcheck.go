@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -168,7 +169,10 @@ func (p probe) fail(ctx context.Context, err error) error {
 	if errors.As(err, &op) {
 		err = op.Err
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+	// A reset says the same as an end of stream here: which one the probe
+	// sees when the worker closes without answering depends on whether its
+	// request arrived before the close.
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
 		return fmt.Errorf("%s: connection closed before a response: %w", p.op, err)
 	}
 	return fmt.Errorf("%s: %w", p.op, err)
