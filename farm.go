@@ -2,6 +2,7 @@ package herd
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -17,6 +18,14 @@ import (
 // while as many tasks as the workers may hold are outstanding (given out,
 // waiting to be retried, or done and waiting to be written in order).
 //
+// Which task killed a worker is known only if it held one: answers are
+// written in batches (a Go worker's every 100 µs or so, a Python worker's
+// when its stdout buffer fills), so the oldest unanswered task of a worker
+// that died may have been done already. The tasks of a worker that died
+// holding several are suspects: they go back without using up a try, and
+// from then on each runs alone on a worker that holds nothing else, where
+// a death can only be its own (it uses up a try).
+//
 // Outstanding tasks live in a table of capacity entries. A task is known
 // to the workers by an id, not by its place in the input: the id of a task
 // in entry i is i plus a multiple of capacity, a new one each time the
@@ -29,16 +38,16 @@ type farm struct {
 	retries  int           // retries of a task after its first try
 	timeout  time.Duration // a worker holding a task this long is hung; 0: never
 	ordered  bool
-	send     func(slot, id int, task []byte) bool // gives a task to a worker; false: it cannot take it now
-	flush    func(slot int)                       // sends what send queued for slot
-	kill     func(slot int)                       // kills a hung worker
+	send     func(w *farmWorker, id int, task []byte) bool // gives a task to a worker; false: it cannot take it now
+	flush    func(w *farmWorker)                           // sends what send queued for w
+	kill     func(p *process)                              // kills a hung worker
 
 	mu          sync.Mutex
 	ring        []farmTask // outstanding tasks, by id % len(ring)
 	free        []int      // free entries of ring, oldest freed first
 	outstanding int
 	retry       []int         // ids of tasks to give out (again), oldest first
-	workers     []*farmWorker // by slot; nil for a slot never seen
+	workers     []*farmWorker // the running worker processes
 	done        []int         // ids of finished tasks, in finishing order
 	wake        chan struct{}
 
@@ -53,18 +62,39 @@ type farmTask struct {
 	seq      int  // its place in the input
 	input    []byte
 	tries    int
+	suspect  bool   // it was held by a worker that died: it runs alone
 	result   []byte // the answer, or nil
 	err      string // why it failed for good, or ""
 	finished bool   // it has its result or error, and waits to be written
 }
 
-// farmWorker is a worker slot as the farm sees it: up (its current
-// process can take tasks) and the tasks its process holds, oldest first.
+// farmWorker is a worker process as the farm sees it: up (it can take
+// tasks) and the tasks it holds, oldest first. A process, not a slot: the
+// replacement of a worker that died may start before the farm hears of
+// the death, and the two must not share a queue.
 type farmWorker struct {
-	up     bool
-	fifo   []int       // ids
-	since  []time.Time // when each task of fifo was given (with a timeout)
-	killed bool        // the farm killed it for holding a task too long
+	p    *process
+	up   bool
+	fifo []int // ids
+	// headSince is when the worker is taken to have started on fifo[0]:
+	// when it was given, or when the task before it was answered (with
+	// a timeout; a task's time waiting behind others does not count).
+	headSince time.Time
+	alone     bool // it holds a suspect, and gets nothing else meanwhile
+	killed    bool // the farm killed it for holding a task too long
+	// batch is the tasks send encoded for it and flush has not passed
+	// on (herd.Pool; under the farm's lock).
+	batch []byte
+}
+
+// popped says the worker's oldest task was answered: the next one, if
+// any, is under way from now. f.mu is held.
+func (f *farm) popped(w *farmWorker) {
+	if len(w.fifo) == 0 {
+		w.alone = false
+	} else if f.timeout > 0 {
+		w.headSince = time.Now()
+	}
 }
 
 func newFarm(inflight, retries int, timeout time.Duration, ordered bool) *farm {
@@ -81,23 +111,25 @@ func (f *farm) poke() {
 	}
 }
 
-// up says slot's new process can take tasks.
-func (f *farm) up(slot int) {
+// up says worker process p runs and can take tasks.
+func (f *farm) up(p *process) {
 	f.mu.Lock()
-	f.worker(slot).up = true
+	if f.find(p) == nil {
+		f.workers = append(f.workers, &farmWorker{p: p, up: true})
+	}
 	f.mu.Unlock()
 	f.poke()
 }
 
-// worker returns slot's state, made when first needed. f.mu is held.
-func (f *farm) worker(slot int) *farmWorker {
-	for len(f.workers) <= slot {
-		f.workers = append(f.workers, nil)
+// find returns p's state, nil if p is not a running worker (any more).
+// f.mu is held.
+func (f *farm) find(p *process) *farmWorker {
+	for _, w := range f.workers {
+		if w.p == p {
+			return w
+		}
 	}
-	if f.workers[slot] == nil {
-		f.workers[slot] = &farmWorker{}
-	}
-	return f.workers[slot]
+	return nil
 }
 
 // task returns outstanding task id, or nil. f.mu is held.
@@ -121,88 +153,103 @@ func (f *farm) finish(t *farmTask, result []byte, failed string) {
 	}
 	t.finished = true
 	f.done = append(f.done, t.id)
+}
+
+// answered records the answer of p's oldest task (nil result and a
+// reason: the worker said it failed).
+func (f *farm) answered(p *process, result []byte, failed string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.find(p)
+	if w == nil || len(w.fifo) == 0 {
+		return // an answer to nothing: ignored (the worker is confused)
+	}
+	id := w.fifo[0]
+	w.fifo = w.fifo[1:]
+	f.popped(w)
+	if t := f.task(id); t != nil && !t.finished {
+		f.finish(t, result, failed)
+		f.poke()
+	}
+}
+
+// answeredIDs records the answers of tasks held by p, each whatever its
+// place in p's queue (workers that speak the protocol name the task they
+// answer): those of one read of the worker's channel, with one lock and
+// one wake-up of the farm. An answer to a task p does not hold (any more)
+// is ignored.
+func (f *farm) answeredIDs(p *process, answers []taskAnswer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.find(p)
+	if w == nil {
+		return
+	}
+	for _, a := range answers {
+		i := 0
+		if len(w.fifo) == 0 || w.fifo[0] != a.id { // answers mostly come in order
+			if i = slices.Index(w.fifo, a.id); i < 0 {
+				continue
+			}
+		}
+		if i == 0 {
+			w.fifo = w.fifo[1:]
+			f.popped(w)
+		} else {
+			w.fifo = slices.Delete(w.fifo, i, i+1)
+		}
+		t := f.task(a.id)
+		if t == nil || t.finished {
+			continue
+		}
+		if a.failed {
+			var why string
+			if json.Unmarshal(a.data, &why) != nil || why == "" {
+				why = string(a.data)
+			}
+			f.finish(t, nil, why)
+		} else {
+			f.finish(t, a.data, "")
+		}
+	}
 	f.poke()
 }
 
-// answered records the answer of slot's oldest task (nil result and a
-// reason: the worker said it failed).
-func (f *farm) answered(slot int, result []byte, failed string) {
+// lost says worker process p is gone: the tasks it held go back to the
+// queue, ahead of those not given out yet. If it held one, that one killed
+// it, and uses up a try: it fails with why once it has had them all. If it
+// held several, any of them may have (see farm): they become suspects.
+func (f *farm) lost(p *process, why string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if slot >= len(f.workers) || f.workers[slot] == nil || len(f.workers[slot].fifo) == 0 {
-		return // an answer to nothing: ignored (the worker is confused)
-	}
-	w := f.workers[slot]
-	id := w.fifo[0]
-	w.fifo = w.fifo[1:]
-	if len(w.since) > 0 {
-		w.since = w.since[1:]
-	}
-	if t := f.task(id); t != nil && !t.finished {
-		f.finish(t, result, failed)
-	}
-}
-
-// answeredID records the answer of task id held by slot, whatever its
-// place in slot's queue (workers that speak the protocol name the task
-// they answer).
-func (f *farm) answeredID(slot, id int, result []byte, failed string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if slot >= len(f.workers) || f.workers[slot] == nil {
+	i := slices.IndexFunc(f.workers, func(w *farmWorker) bool { return w.p == p })
+	if i < 0 {
 		return
 	}
-	w := f.workers[slot]
-	i := 0
-	if len(w.fifo) == 0 || w.fifo[0] != id { // answers mostly come in order
-		if i = slices.Index(w.fifo, id); i < 0 {
-			return // not one of its tasks (any more): ignored
-		}
-	}
-	if i == 0 {
-		w.fifo = w.fifo[1:]
-	} else {
-		w.fifo = slices.Delete(w.fifo, i, i+1)
-	}
-	if len(w.since) > i {
-		w.since = slices.Delete(w.since, i, i+1)
-	}
-	if t := f.task(id); t != nil && !t.finished {
-		f.finish(t, result, failed)
-	}
-}
-
-// lost says slot's process is gone: the tasks it held go back to the
-// queue. The oldest is the one it was working on, and takes the blame: it
-// uses up a try, and fails with why once it has had them all; the others
-// were only waiting, and go back as they were.
-func (f *farm) lost(slot int, why string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if slot >= len(f.workers) || f.workers[slot] == nil {
-		return
-	}
-	w := f.workers[slot]
+	w := f.workers[i]
+	f.workers = slices.Delete(f.workers, i, i+1)
 	if w.killed {
 		why = fmt.Sprintf("it took longer than %v (its worker was killed)", f.timeout)
 	}
-	w.up, w.killed = false, false
-	for i, id := range w.fifo {
+	w.up, w.killed, w.alone = false, false, false
+	var back []int
+	for _, id := range w.fifo {
 		t := f.task(id)
 		if t == nil || t.finished {
 			continue
 		}
-		if i == 0 {
+		if len(w.fifo) == 1 {
 			t.tries++
 			if t.tries > f.retries {
 				f.finish(t, nil, why)
 				continue
 			}
-			f.stats.Retries++
 		}
-		f.retry = append(f.retry, id)
+		f.stats.Retries++
+		t.suspect = true
+		back = append(back, id)
 	}
-	w.fifo, w.since = nil, nil
+	f.retry = append(back, f.retry...)
 	f.poke()
 }
 
@@ -256,12 +303,9 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 			}
 			seq++
 		}
-		sent := f.dispatch()
+		f.dispatch()
 		ready = f.takeReady(ready[:0])
 		f.mu.Unlock()
-		for _, slot := range sent {
-			f.flush(slot)
-		}
 		for i := range ready {
 			if ready[i].err != "" {
 				f.stats.Failed++
@@ -271,12 +315,16 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 				return err
 			}
 		}
+		freed := len(ready) > 0
 		clear(ready)
 		f.mu.Lock()
 		finished := inputDone && f.outstanding == 0
 		f.mu.Unlock()
 		if finished {
 			return inputErr
+		}
+		if freed && !inputDone && ctx.Err() == nil {
+			continue // what was taken out made room for more input
 		}
 		if idle != nil {
 			idle()
@@ -320,54 +368,72 @@ func (f *farm) takeReady(out []farmTask) []farmTask {
 	}
 }
 
-// dispatch gives queued tasks to workers with room, least loaded first;
-// it returns the slots that got some. A worker is refilled only once it
-// has worked through half of what it may hold, and then filled up: tasks
-// go out in large batches (a write each way per batch, not per task) while
-// the worker always has some to work on. f.mu is held.
-func (f *farm) dispatch() []int {
+// dispatch gives queued tasks to workers with room, least loaded first,
+// and passes them on (flush). A worker is refilled only once it has worked
+// through half of what it may hold, and then filled up: tasks go out in
+// large batches (a write each way per batch, not per task) while the
+// worker always has some to work on. A suspect goes only to a worker that
+// holds nothing, alone. f.mu is held.
+func (f *farm) dispatch() {
 	if len(f.retry) == 0 {
-		return nil
+		return
 	}
-	var refill []int
-	for slot, w := range f.workers {
-		if w != nil && w.up && len(w.fifo) <= f.inflight/2 {
-			refill = append(refill, slot)
+	var refill, sent []*farmWorker
+	for _, w := range f.workers {
+		if w.up && !w.alone && len(w.fifo) <= f.inflight/2 {
+			refill = append(refill, w)
 		}
 	}
-	var sent []int
-	for len(f.retry) > 0 {
-		bestSlot := -1
-		for _, slot := range refill {
-			w := f.workers[slot]
-			if w.up && len(w.fifo) < f.inflight && (bestSlot < 0 || len(w.fifo) < len(f.workers[bestSlot].fifo)) {
-				bestSlot = slot
-			}
+	give := func(w *farmWorker, t *farmTask) bool {
+		if !f.send(w, t.id, t.input) {
+			w.up = false // it cannot take tasks now; its loss or a new start says more
+			return false
 		}
-		if bestSlot < 0 {
-			break
+		if len(w.fifo) == 0 && f.timeout > 0 {
+			w.headSince = time.Now()
 		}
-		best := f.workers[bestSlot]
-		id := f.retry[0]
+		w.fifo = append(w.fifo, t.id)
+		if !slices.Contains(sent, w) {
+			sent = append(sent, w)
+		}
+		return true
+	}
+	// Tasks that cannot go now keep their place, in order.
+	kept := f.retry[:0]
+	for i, id := range f.retry {
 		t := f.task(id)
 		if t == nil || t.finished {
-			f.retry = f.retry[1:]
 			continue
 		}
-		if !f.send(bestSlot, id, t.input) {
-			best.up = false // it cannot take tasks now; its loss or a new start says more
+		if t.suspect {
+			j := slices.IndexFunc(f.workers, func(w *farmWorker) bool { return w.up && len(w.fifo) == 0 })
+			if j >= 0 && give(f.workers[j], t) {
+				f.workers[j].alone = true
+				continue
+			}
+			kept = append(kept, id)
 			continue
 		}
-		f.retry = f.retry[1:]
-		best.fifo = append(best.fifo, id)
-		if f.timeout > 0 {
-			best.since = append(best.since, time.Now())
+		var best *farmWorker
+		for _, w := range refill {
+			if w.up && !w.alone && len(w.fifo) < f.inflight && (best == nil || len(w.fifo) < len(best.fifo)) {
+				best = w
+			}
 		}
-		if len(sent) == 0 || sent[len(sent)-1] != bestSlot {
-			sent = append(sent, bestSlot)
+		if best == nil {
+			// Nobody takes more now; suspects further on would need
+			// an idle worker, and there is none.
+			kept = append(kept, f.retry[i:]...)
+			break
+		}
+		if !give(best, t) {
+			kept = append(kept, id)
 		}
 	}
-	return sent
+	f.retry = kept
+	for _, w := range sent {
+		f.flush(w)
+	}
 }
 
 // checkHung kills the workers that have held a task longer than the
@@ -377,15 +443,15 @@ func (f *farm) checkHung() {
 		return
 	}
 	f.mu.Lock()
-	var hung []int
-	for slot, w := range f.workers {
-		if w != nil && len(w.since) > 0 && time.Since(w.since[0]) > f.timeout && w.up {
+	var hung []*process
+	for _, w := range f.workers {
+		if w.up && len(w.fifo) > 0 && time.Since(w.headSince) > f.timeout {
 			w.up, w.killed = false, true
-			hung = append(hung, slot)
+			hung = append(hung, w.p)
 		}
 	}
 	f.mu.Unlock()
-	for _, slot := range hung {
-		f.kill(slot)
+	for _, p := range hung {
+		f.kill(p)
 	}
 }

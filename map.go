@@ -25,8 +25,9 @@ type MapOptions struct {
 	// Retries is how many times a task whose worker died or hung is given
 	// to another worker before it fails; 0 means 2, negative none.
 	Retries int
-	// TaskTimeout, when positive, kills a worker that holds a task longer
-	// (its tasks go to other workers).
+	// TaskTimeout, when positive, kills a worker that has not answered its
+	// oldest task this long after it was given it or answered the one
+	// before (its tasks go to other workers).
 	TaskTimeout time.Duration
 	// Unordered writes results as they come instead of in input order.
 	Unordered bool
@@ -84,8 +85,8 @@ func Map(ctx context.Context, opts MapOptions, in io.Reader, out io.Writer) (Map
 		opts.MaxLine = 16 << 20
 	}
 	f := newFarm(opts.Inflight, opts.Retries, opts.TaskTimeout, !opts.Unordered)
-	lines := &lineWorkers{f: f, json: opts.JSON, max: opts.MaxLine, stdins: map[int]*lineStdin{}}
-	f.send, f.flush = lines.send, lines.flush
+	lines := &lineWorkers{f: f, json: opts.JSON, max: opts.MaxLine, stdins: map[*lineStdin]bool{}}
+	f.send, f.flush, f.kill = lines.send, lines.flush, (*process).kill
 
 	sopts := opts.Options
 	sopts.Listen, sopts.Balance = nil, ""
@@ -94,27 +95,16 @@ func Map(ctx context.Context, opts MapOptions, in io.Reader, out io.Writer) (Map
 		// Workers starting and stopping is not news here; trouble is.
 		sopts.Logger = slog.New(slog.NewTextHandler(orDefault(sopts.Stderr, os.Stderr), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	userEvent := sopts.OnEvent
-	sopts.OnEvent = func(ev Event) {
-		switch ev.Kind {
-		case EventStarted:
-			f.up(ev.Worker)
-		case EventExited:
-			f.lost(ev.Worker, "its worker exited ("+ev.Status+")")
-		}
-		if userEvent != nil {
-			userEvent(ev)
-		}
-	}
 	sup, err := New(sopts)
 	if err != nil {
 		return MapStats{}, err
 	}
-	f.kill = func(slot int) {
-		if sl, err := sup.slotByID(slot); err == nil {
-			if p := sl.current.Load(); p != nil {
-				p.kill()
-			}
+	sup.procEvents = func(p *process, ev Event) {
+		switch ev.Kind {
+		case EventStarted:
+			f.up(p)
+		case EventExited:
+			f.lost(p, "its worker exited ("+ev.Status+")")
 		}
 	}
 
@@ -247,7 +237,7 @@ type lineWorkers struct {
 	max  int
 
 	mu     sync.Mutex
-	stdins map[int]*lineStdin
+	stdins map[*lineStdin]bool // not closed yet
 }
 
 // lineStdin feeds one worker process its tasks from a goroutine of its
@@ -255,6 +245,7 @@ type lineWorkers struct {
 // Tasks are appended to a buffer and written in one go when the farm has
 // handed out a round (flush).
 type lineStdin struct {
+	l      *lineWorkers
 	mu     sync.Mutex
 	buf    []byte
 	closed bool
@@ -263,10 +254,10 @@ type lineStdin struct {
 	once   sync.Once
 }
 
-func (l *lineWorkers) attach(slot int, stdin *os.File) io.Closer {
-	s := &lineStdin{wake: make(chan struct{}, 1), done: make(chan struct{})}
+func (l *lineWorkers) attach(stdin *os.File) io.Closer {
+	s := &lineStdin{l: l, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	l.mu.Lock()
-	l.stdins[slot] = s
+	l.stdins[s] = true
 	l.mu.Unlock()
 	go s.write(stdin)
 	return s
@@ -302,14 +293,15 @@ func (s *lineStdin) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		close(s.done)
+		s.l.mu.Lock()
+		delete(s.l.stdins, s)
+		s.l.mu.Unlock()
 	})
 	return nil
 }
 
-func (l *lineWorkers) send(slot, _ int, task []byte) bool {
-	l.mu.Lock()
-	s := l.stdins[slot]
-	l.mu.Unlock()
+func (l *lineWorkers) send(w *farmWorker, _ int, task []byte) bool {
+	s, _ := w.p.stdin.(*lineStdin)
 	if s == nil {
 		return false
 	}
@@ -322,12 +314,9 @@ func (l *lineWorkers) send(slot, _ int, task []byte) bool {
 	return true
 }
 
-// flush wakes slot's writer for what send queued.
-func (l *lineWorkers) flush(slot int) {
-	l.mu.Lock()
-	s := l.stdins[slot]
-	l.mu.Unlock()
-	if s != nil {
+// flush wakes w's writer for what send queued.
+func (l *lineWorkers) flush(w *farmWorker) {
+	if s, _ := w.p.stdin.(*lineStdin); s != nil {
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -336,7 +325,7 @@ func (l *lineWorkers) flush(slot int) {
 }
 
 // read takes a worker's answers, a line each, until its stdout ends.
-func (l *lineWorkers) read(slot int, stdout io.Reader) {
+func (l *lineWorkers) read(p *process, stdout io.Reader) {
 	r := newTaskReader(stdout, l.max)
 	for {
 		line, err := r.next()
@@ -344,23 +333,27 @@ func (l *lineWorkers) read(slot int, stdout io.Reader) {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, os.ErrClosed) {
 				// A line too long to keep: it fails its task, and the rest
 				// of the worker's output cannot be trusted to line up.
-				l.f.answered(slot, nil, err.Error())
+				l.f.answered(p, nil, err.Error())
 				io.Copy(io.Discard, stdout)
 			}
 			return
 		}
 		if l.json && !json.Valid(line) {
-			l.f.answered(slot, nil, "the worker's answer is not one JSON value")
+			l.f.answered(p, nil, "the worker's answer is not one JSON value")
 			continue
 		}
-		l.f.answered(slot, line, "")
+		l.f.answered(p, line, "")
 	}
 }
 
 func (l *lineWorkers) closeAll() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.stdins {
+	all := make([]*lineStdin, 0, len(l.stdins))
+	for s := range l.stdins {
+		all = append(all, s)
+	}
+	l.mu.Unlock()
+	for _, s := range all {
 		s.Close()
 	}
 }

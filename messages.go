@@ -49,6 +49,18 @@ func (s *Supervisor) newChannel(slot int) (*channel.Conn, *os.File, error) {
 type primaryEnd struct {
 	s *Supervisor
 	p *process
+	// The answers to a Pool's tasks in the read at hand, passed on
+	// together at its end (EndBatch), their data copied into one block.
+	answers []taskAnswer
+	arena   []byte
+}
+
+// taskAnswer is a worker's answer to a task of a Pool: its result, or
+// why it failed.
+type taskAnswer struct {
+	id     int
+	data   []byte // the result; with failed, the reason (a JSON string)
+	failed bool
 }
 
 func (e *primaryEnd) Message(m ipc.Message) {
@@ -61,8 +73,17 @@ func (e *primaryEnd) Message(m ipc.Message) {
 		p.sl.post(procEvent{p: p, kind: evReady})
 	case ipc.TypeHeartbeat:
 	case ipc.TypeResult, ipc.TypeFailed:
-		if s.tasks != nil {
-			s.tasks(p.slot, m)
+		if s.tasks != nil && m.ID != nil {
+			if len(m.Data) > cap(e.arena)-len(e.arena) {
+				e.arena = make([]byte, 0, max(len(m.Data), 16<<10))
+			}
+			start := len(e.arena)
+			e.arena = append(e.arena, m.Data...)
+			e.answers = append(e.answers, taskAnswer{
+				id:     *m.ID,
+				data:   e.arena[start:len(e.arena):len(e.arena)],
+				failed: m.Type == ipc.TypeFailed,
+			})
 		}
 	case ipc.TypeTook, ipc.TypeClosed:
 		if s.handover == nil {
@@ -115,6 +136,14 @@ func (e *primaryEnd) Message(m ipc.Message) {
 
 func (e *primaryEnd) Bad(err error) { e.bad(err) }
 
+func (e *primaryEnd) EndBatch() {
+	if len(e.answers) > 0 {
+		e.s.tasks(e.p, e.answers)
+		clear(e.answers)
+		e.answers = e.answers[:0]
+	}
+}
+
 func (e *primaryEnd) bad(err error) {
 	if ok, missed := e.p.bad.allow(time.Now()); ok {
 		e.s.log.Warn("dropped a message from worker", "worker", e.p.slot, "pid", e.p.pid, "err", err, "not_logged", missed)
@@ -150,13 +179,18 @@ func (s *Supervisor) relay(from *process, to int, data json.RawMessage) {
 
 // emit calls OnEvent for p, one event of a worker at a time.
 func (s *Supervisor) emit(p *process, ev Event) {
-	if s.opts.OnEvent == nil {
+	if s.opts.OnEvent == nil && s.procEvents == nil {
 		return
 	}
 	ev.Worker, ev.PID = p.slot, p.pid
 	p.eventMu.Lock()
 	defer p.eventMu.Unlock()
-	s.opts.OnEvent(ev)
+	if s.procEvents != nil {
+		s.procEvents(p, ev)
+	}
+	if s.opts.OnEvent != nil {
+		s.opts.OnEvent(ev)
+	}
 }
 
 func cloneData(d json.RawMessage) json.RawMessage {

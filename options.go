@@ -140,9 +140,9 @@ type Options struct {
 type linesIO interface {
 	// attach is given a new worker's stdin; the returned closer is
 	// closed when the worker has exited.
-	attach(slot int, stdin *os.File) io.Closer
-	// read reads the worker's stdout until it ends.
-	read(slot int, stdout io.Reader)
+	attach(stdin *os.File) io.Closer
+	// read reads worker p's stdout until it ends.
+	read(p *process, stdout io.Reader)
 }
 
 // ReadyMode is how the primary learns that a new worker is serving.

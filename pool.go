@@ -1,6 +1,7 @@
 package herd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,8 +27,9 @@ type PoolOptions struct {
 	// Retries is how many times a task whose worker died or hung is given
 	// to another worker before it fails; 0 means 2, negative none.
 	Retries int
-	// TaskTimeout, when positive, kills a worker that holds a task longer
-	// (its tasks go to other workers).
+	// TaskTimeout, when positive, kills a worker that has not answered its
+	// oldest task this long after it was given it or answered the one
+	// before (its tasks go to other workers).
 	TaskTimeout time.Duration
 	// Unordered yields results as they come instead of in task order: a
 	// slow task holds up none of the others. A result then says which
@@ -60,10 +62,9 @@ type Pool struct {
 
 	mu   sync.Mutex // one Map at a time
 	farm *farm
-
-	// batch holds, per slot, the tasks the farm is giving out, encoded.
-	// Only the farm's goroutine uses it.
-	batch map[int][]byte
+	// live is the worker processes that run (exec'd, not exited): a Map
+	// starts with them.
+	live map[*process]bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -81,54 +82,53 @@ func NewPool(opts PoolOptions) (*Pool, error) {
 	case opts.Retries < 0:
 		opts.Retries = 0
 	}
-	p := &Pool{opts: opts, done: make(chan error, 1), batch: map[int][]byte{}}
-	sopts := opts.Options
-	user := sopts.OnEvent
-	sopts.OnEvent = func(ev Event) {
-		p.mu.Lock()
-		f := p.farm
-		p.mu.Unlock()
-		if f != nil {
-			switch ev.Kind {
-			case EventStarted:
-				f.up(ev.Worker)
-			case EventExited:
-				f.lost(ev.Worker, "its worker exited ("+ev.Status+")")
-			}
-		}
-		if user != nil {
-			user(ev)
-		}
-	}
-	sup, err := New(sopts)
+	p := &Pool{opts: opts, done: make(chan error, 1), live: map[*process]bool{}}
+	sup, err := New(opts.Options)
 	if err != nil {
 		return nil, err
 	}
 	p.sup = sup
-	sup.tasks = p.result
+	sup.tasks, sup.procEvents = p.results, p.procEvent
 	ctx, stop := context.WithCancel(context.Background())
 	p.stop = stop
 	go func() { p.done <- sup.Run(ctx) }()
 	return p, nil
 }
 
-// result takes a worker's answer (on its read loop).
-func (p *Pool) result(slot int, m ipc.Message) {
+// procEvent follows the worker processes, for the Map under way and the
+// next one.
+func (p *Pool) procEvent(proc *process, ev Event) {
+	switch ev.Kind {
+	case EventStarted, EventExited:
+	default:
+		return
+	}
+	p.mu.Lock()
+	if ev.Kind == EventStarted {
+		p.live[proc] = true
+	} else {
+		delete(p.live, proc)
+	}
+	f := p.farm
+	p.mu.Unlock()
+	switch {
+	case f == nil:
+	case ev.Kind == EventStarted:
+		f.up(proc)
+	default:
+		f.lost(proc, "its worker exited ("+ev.Status+")")
+	}
+}
+
+// results takes the answers of one read of a worker's channel (on its
+// read loop). The data of each stays valid: it is the read's own copy.
+func (p *Pool) results(proc *process, answers []taskAnswer) {
 	p.mu.Lock()
 	f := p.farm
 	p.mu.Unlock()
-	if f == nil || m.ID == nil {
-		return
+	if f != nil {
+		f.answeredIDs(proc, answers)
 	}
-	if m.Type == ipc.TypeFailed {
-		var why string
-		if json.Unmarshal(m.Data, &why) != nil || why == "" {
-			why = string(m.Data)
-		}
-		f.answeredID(slot, *m.ID, nil, why)
-		return
-	}
-	f.answeredID(slot, *m.ID, append([]byte(nil), m.Data...), "")
 }
 
 // Map runs every task of tasks (each encoded as JSON; a json.RawMessage
@@ -147,10 +147,8 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 		}
 		f := newFarm(p.opts.Inflight, p.opts.Retries, p.opts.TaskTimeout, !p.opts.Unordered)
 		f.send, f.flush, f.kill = p.send, p.flush, p.kill
-		for _, w := range p.sup.Workers() {
-			if w.State == StateReady || w.State == StateStarting && w.PID != 0 {
-				f.worker(w.ID).up = w.PID != 0
-			}
+		for proc := range p.live {
+			f.workers = append(f.workers, &farmWorker{p: proc, up: true})
 		}
 		p.farm = f
 		p.mu.Unlock()
@@ -165,19 +163,33 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 		stopped := errors.New("stopped by the consumer")
 		// Room for the rest of a task message: {"herd":"task","id":N,"data":…}
 		maxTask := p.sup.opts.MaxMessage - 64
+		// Tasks are encoded into blocks of memory shared by many, not an
+		// allocation each; a block is freed once all of its tasks are
+		// done.
+		var block []byte
 		pull := func() ([]byte, string, bool, error) {
 			v, ok := next()
 			if !ok {
 				return nil, "", false, nil
 			}
-			b, err := encodeTask(v)
+			if cap(block)-len(block) < 64 {
+				block = make([]byte, 0, 16<<10)
+			}
+			start := len(block)
+			b, err := encodeTask(block, v)
+			if cap(b) != cap(block) { // it did not fit: b is a new array
+				block = block[:0:0]
+			} else {
+				block = b
+			}
+			task := b[start:len(b):len(b)]
 			switch {
 			case err != nil:
-				return b, err.Error(), true, nil
-			case len(b) > maxTask:
-				return nil, fmt.Sprintf("the task is %d bytes, more than the message limit allows (%d)", len(b), maxTask), true, nil
+				return nil, err.Error(), true, nil
+			case len(task) > maxTask:
+				return nil, fmt.Sprintf("the task is %d bytes, more than the message limit allows (%d)", len(task), maxTask), true, nil
 			}
-			return b, "", true, nil
+			return task, "", true, nil
 		}
 		emit := func(t *farmTask) error {
 			var ok bool
@@ -198,43 +210,28 @@ func (p *Pool) Map(ctx context.Context, tasks iter.Seq[any]) iter.Seq2[json.RawM
 	}
 }
 
-// send adds a task to slot's batch; flush queues the batch on the slot's
-// channel, one write for the lot. The farm gives a worker at most Inflight
-// tasks, which bounds the batch. (A message per task, each written or
-// queued on its own, measured 10-15% slower.)
-func (p *Pool) send(slot, id int, task []byte) bool {
-	buf, err := ipc.Append(p.batch[slot], ipc.Message{Type: ipc.TypeTask, ID: &id, Data: task})
-	if err != nil {
-		return false
-	}
-	p.batch[slot] = buf
+// send adds a task to w's batch; flush queues the batch on w's channel,
+// one write for the lot. The farm gives a worker at most Inflight tasks,
+// which bounds the batch. (A message per task, each written or queued on
+// its own, measured 10-15% slower.)
+func (p *Pool) send(w *farmWorker, id int, task []byte) bool {
+	w.batch = ipc.AppendIDData(w.batch, ipc.TypeTask, id, task) // encodeTask made task compact
 	return true
 }
 
-// flush queues slot's batch. A worker gone meanwhile has the tasks back
-// through the farm when its exit is seen.
-func (p *Pool) flush(slot int) {
-	buf := p.batch[slot]
-	if len(buf) == 0 {
-		return
-	}
-	p.batch[slot] = buf[:0]
-	sl, err := p.sup.slotByID(slot)
-	if err != nil {
-		return
-	}
-	if proc := sl.current.Load(); proc != nil {
-		proc.ch.Queue(buf)
+// flush queues w's batch. A worker gone meanwhile has the tasks back
+// through the farm when its exit is seen. The channel copies the batch,
+// so its buffer is w's again at once.
+func (p *Pool) flush(w *farmWorker) {
+	if len(w.batch) > 0 {
+		w.p.ch.Queue(w.batch)
+		w.batch = w.batch[:0]
 	}
 }
 
-func (p *Pool) kill(slot int) {
-	if sl, err := p.sup.slotByID(slot); err == nil {
-		if proc := sl.current.Load(); proc != nil {
-			p.sup.log.Warn("task took too long; killing its worker", "worker", slot, "pid", proc.pid, "timeout", p.opts.TaskTimeout.String())
-			proc.kill()
-		}
-	}
+func (p *Pool) kill(proc *process) {
+	p.sup.log.Warn("task took too long; killing its worker", "worker", proc.slot, "pid", proc.pid, "timeout", p.opts.TaskTimeout.String())
+	proc.kill()
 }
 
 // Workers returns a snapshot of the pool's workers.
@@ -250,20 +247,33 @@ func (p *Pool) Close() error {
 	return p.closeErr
 }
 
-// encodeTask is json.Marshal, with the commonest tasks (ints, and JSON
-// already encoded) done without reflection: encoding was a tenth of the
-// primary's work per trivial task.
-func encodeTask(v any) ([]byte, error) {
+// encodeTask encodes a task as one compact JSON value, appended to buf:
+// json.Marshal, with the commonest tasks (ints, and JSON already encoded)
+// done without reflection (encoding was a tenth of the primary's work per
+// trivial task). A json.RawMessage is checked, and compacted if it has
+// space in it (a newline would end the message).
+func encodeTask(buf []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case json.RawMessage:
-		if !json.Valid(v) {
-			return v, errors.New("the task is not one JSON value")
+		if bytes.ContainsAny(v, " \t\r\n") {
+			w := bytes.NewBuffer(buf)
+			if err := json.Compact(w, v); err != nil {
+				return buf, fmt.Errorf("the task is not one JSON value: %w", err)
+			}
+			return w.Bytes(), nil
 		}
-		return v, nil
+		if !json.Valid(v) {
+			return buf, errors.New("the task is not one JSON value")
+		}
+		return append(buf, v...), nil
 	case int:
-		return strconv.AppendInt(make([]byte, 0, 8), int64(v), 10), nil
+		return strconv.AppendInt(buf, int64(v), 10), nil
 	case int64:
-		return strconv.AppendInt(make([]byte, 0, 8), v, 10), nil
+		return strconv.AppendInt(buf, v, 10), nil
 	}
-	return json.Marshal(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return buf, err
+	}
+	return append(buf, b...), nil
 }

@@ -241,7 +241,7 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 	// The waiter is owned by the slot, which does not end before it has
 	// received the process's evExited.
 	if inW != nil {
-		p.stdin = s.opts.lines.attach(slot, inW)
+		p.stdin = s.opts.lines.attach(inW)
 	}
 	if node {
 		ch.OneFDPerWrite()
@@ -256,7 +256,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	var pumps sync.WaitGroup
 	if s.opts.lines != nil {
 		// herd map: the worker's stdout lines are its answers.
-		pumps.Go(func() { s.opts.lines.read(slot, outR) })
+		pumps.Go(func() { s.opts.lines.read(p, outR) })
 	} else {
 		pumps.Go(func() { s.stdout.Pump(outR, slot, p.pid) })
 	}
@@ -274,7 +274,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 			case <-p.killed:
 				return
 			}
-			if err := p.ch.ReadLoop(nil, &primaryEnd{s, p}); err != nil && !p.draining.Load() {
+			if err := p.ch.ReadLoop(nil, &primaryEnd{s: s, p: p}); err != nil && !p.draining.Load() {
 				s.log.Warn("channel", "worker", slot, "pid", p.pid, "err", err)
 			}
 		}()

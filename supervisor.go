@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/herd-sh/herd/internal/ipc"
 	"github.com/herd-sh/herd/internal/logpump"
 	"github.com/herd-sh/herd/internal/proxy"
 	"github.com/herd-sh/herd/internal/reaper"
@@ -55,9 +54,13 @@ type Supervisor struct {
 	// backends is what the proxy may send connections to: the live
 	// slots, rebuilt by setLive.
 	backends atomic.Pointer[[]proxy.Backend]
-	// tasks takes the results workers send a Pool (herd.result,
-	// herd.failed); nil without a Pool.
-	tasks func(slot int, m ipc.Message)
+	// tasks takes the answers a worker sends a Pool (herd.result,
+	// herd.failed), those of one read of its channel at a time, on its
+	// read loop; nil without a Pool.
+	tasks func(p *process, answers []taskAnswer)
+	// procEvents is told of every event of every worker process before
+	// OnEvent is (Map and Pool follow the processes that run with it).
+	procEvents func(p *process, ev Event)
 	// portMu guards ports, each slot's private port in proxy mode.
 	portMu sync.Mutex
 	ports  []int

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/herd-sh/herd/internal/channel"
 	"github.com/herd-sh/herd/internal/ipc"
@@ -21,6 +23,13 @@ type task struct {
 // returned error fails the task, with its text as the reason; a panic in
 // handler is not recovered). ctx, given to handler, ends when the worker is
 // asked to stop. ServeTasks returns then, once the task at hand is done.
+//
+// Results go back in batches: those of tasks that take less than
+// resultDelay together go in one write, and a result waits at most that
+// long after the task that follows it has started. A panic sends the
+// results before it on its way; if the worker dies otherwise (killed, or
+// os.Exit), the primary runs the tasks it had not heard back about again,
+// each on its own, to find the one to blame.
 func (w *Worker) ServeTasks(handler func(ctx context.Context, task json.RawMessage) (any, error)) error {
 	if w.ch == nil {
 		return ErrNoChannel
@@ -29,8 +38,22 @@ func (w *Worker) ServeTasks(handler func(ctx context.Context, task json.RawMessa
 	ctx := w.Context()
 	var (
 		batch []task
-		out   []byte // the encoded result at hand
+		out   []byte // results not sent yet
+		sent  time.Time
 	)
+	send := func() error {
+		err := w.sendResults(out)
+		out, sent = out[:0], time.Now()
+		return err
+	}
+	defer func() {
+		// On the way out, a panic included: what is done goes out first.
+		if len(out) > 0 && send() == nil {
+			fctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			w.ch.Flush(fctx)
+			cancel()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -42,35 +65,72 @@ func (w *Worker) ServeTasks(handler func(ctx context.Context, task json.RawMessa
 		w.taskMu.Lock()
 		batch, w.taskQ = w.taskQ, batch[:0]
 		w.taskMu.Unlock()
-		// Each result goes out as soon as it is known (the channel
-		// batches what queues up while it writes): the primary gets work
-		// back and sends more while the rest are worked on, and if this
-		// worker dies, its results so far are in, so the task that killed
-		// it is the one that takes the blame.
 		for _, t := range batch {
 			if ctx.Err() != nil {
 				break
 			}
 			result, err := handler(ctx, t.data)
-			id := t.id
-			m := ipc.Message{Type: ipc.TypeResult, ID: &id}
-			if err != nil {
-				m.Type = ipc.TypeFailed
-				m.Data, _ = json.Marshal(err.Error())
-			} else if m.Data, err = encode(result); err != nil {
-				m.Type = ipc.TypeFailed
-				m.Data, _ = json.Marshal(fmt.Sprintf("the result cannot be sent: %v", err))
+			out = appendResult(out, t.id, result, err, w.ch.Max())
+			if time.Since(sent) >= resultDelay {
+				if err := send(); err != nil {
+					return err
+				}
 			}
-			if out, err = ipc.Append(out[:0], m); err != nil || len(out)-1 > w.ch.Max() {
-				m = ipc.Message{Type: ipc.TypeFailed, ID: &id, Data: json.RawMessage(`"the result is too long to send"`)}
-				out, _ = ipc.Append(out[:0], m)
-			}
-			if err := w.sendResults(out); err != nil {
-				return err
-			}
+		}
+		if err := send(); err != nil {
+			return err
 		}
 		clear(batch)
 	}
+}
+
+// resultDelay bounds how long a result may wait to go out with others:
+// short beside any task timeout, long beside a trivial task.
+const resultDelay = 100 * time.Microsecond
+
+// appendResult appends the answer to task id: herd.result with result,
+// or herd.failed with why it failed, or why result cannot be sent.
+func appendResult(out []byte, id int, result any, err error, limit int) []byte {
+	mark := len(out)
+	if err == nil {
+		var num [24]byte
+		var data []byte // compact JSON, or nil to go through ipc.Append
+		switch v := result.(type) {
+		case int:
+			data = strconv.AppendInt(num[:0], int64(v), 10)
+		case int64:
+			data = strconv.AppendInt(num[:0], v, 10)
+		case json.RawMessage:
+			// checked and compacted by Append below
+		default:
+			// What encoding/json writes is compact.
+			data, err = encode(result)
+		}
+		switch {
+		case err != nil:
+		case data != nil:
+			out = ipc.AppendIDData(out, ipc.TypeResult, id, data)
+		default:
+			out, err = ipc.Append(out, ipc.Message{Type: ipc.TypeResult, ID: &id, Data: result.(json.RawMessage)})
+		}
+		if err == nil && len(out)-mark-1 <= limit {
+			return out
+		}
+		out = out[:mark]
+		if err != nil {
+			err = fmt.Errorf("the result cannot be sent: %w", err)
+		} else {
+			err = errors.New("the result is too long to send")
+		}
+	}
+	why, _ := json.Marshal(err.Error())
+	m := ipc.Message{Type: ipc.TypeFailed, ID: &id, Data: why}
+	if b, aerr := ipc.Append(out, m); aerr == nil && len(b)-mark-1 <= limit {
+		return b
+	}
+	m.Data = json.RawMessage(`"the reason it failed is too long to send"`)
+	b, _ := ipc.Append(out, m)
+	return b
 }
 
 // sendResults sends encoded results; a gone primary ends ServeTasks
@@ -86,13 +146,31 @@ func (w *Worker) sendResults(out []byte) error {
 	return err
 }
 
-// queueTask keeps a task for ServeTasks (the primary sends a worker at
-// most as many as its Pool's Inflight).
-func (w *Worker) queueTask(t task) {
+// readTask keeps a task the read loop has read, until the end of the
+// read (queueTasks): the tasks of one read reach ServeTasks together, with
+// one lock and one wake-up. Their data is copied into one block per read,
+// not one allocation per task.
+func (w *Worker) readTask(id int, data json.RawMessage) {
+	if len(data) > cap(w.readArena)-len(w.readArena) {
+		w.readArena = make([]byte, 0, max(len(data), 16<<10))
+	}
+	start := len(w.readArena)
+	w.readArena = append(w.readArena, data...)
+	w.readQ = append(w.readQ, task{id: id, data: w.readArena[start:len(w.readArena):len(w.readArena)]})
+}
+
+// queueTasks hands the tasks read so far to ServeTasks (the primary sends
+// a worker at most as many as its Pool's Inflight).
+func (w *Worker) queueTasks() {
+	if len(w.readQ) == 0 {
+		return
+	}
 	w.taskMu.Lock()
-	w.taskQ = append(w.taskQ, t)
-	first := len(w.taskQ) == 1
+	first := len(w.taskQ) == 0
+	w.taskQ = append(w.taskQ, w.readQ...)
 	w.taskMu.Unlock()
+	clear(w.readQ)
+	w.readQ = w.readQ[:0]
 	if first {
 		select {
 		case w.taskWake <- struct{}{}:

@@ -78,10 +78,14 @@ type Worker struct {
 	handoff    map[string]*handoffListener
 	unreported unreportedCount // closed handed connections not yet reported
 	taskMu     sync.Mutex
-	taskQ      []task        // herd.task messages not yet served, for ServeTasks
-	taskWake   chan struct{} // capacity 1: taskQ has tasks
-	opts       Options
-	ch         *channel.Conn // nil without a channel
+	taskQ      []task // herd.task messages not yet served, for ServeTasks
+	// The read loop's: tasks read and not yet in taskQ, and where their
+	// data is copied to.
+	readQ     []task
+	readArena []byte
+	taskWake  chan struct{} // capacity 1: taskQ has tasks
+	opts      Options
+	ch        *channel.Conn // nil without a channel
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -353,7 +357,7 @@ func (e *workerEnd) Message(m ipc.Message) {
 		w.takeConn(m)
 	case ipc.TypeTask:
 		if m.ID != nil {
-			w.queueTask(task{id: *m.ID, data: clone(m.Data)})
+			w.readTask(*m.ID, m.Data)
 		}
 	case ipc.TypeMessage:
 		from := -1
@@ -367,6 +371,9 @@ func (e *workerEnd) Message(m ipc.Message) {
 		}
 	}
 }
+
+// EndBatch passes on the tasks of one read of the channel (see readTask).
+func (e *workerEnd) EndBatch() { (*Worker)(e).queueTasks() }
 
 func (e *workerEnd) Bad(err error) {
 	fmt.Fprintf(os.Stderr, "herd worker: dropped a message from the primary: %v\n", err)

@@ -51,7 +51,7 @@ written.`,
 	fl.IntVarP(&f.workers, "workers", "w", 0, "number of workers (default: number of CPUs)")
 	fl.IntVar(&f.inflight, "inflight", 16, "tasks a worker may hold at once")
 	fl.IntVar(&f.retries, "retries", 2, "times a task whose worker died or hung is given to another worker")
-	fl.DurationVar(&f.taskTimeout, "task-timeout", 0, "kill a worker that holds a task longer than this (0: never)")
+	fl.DurationVar(&f.taskTimeout, "task-timeout", 0, "kill a worker that works on one task longer than this (0: never)")
 	fl.BoolVar(&f.unordered, "unordered", false, "write answers as they come, not in input order")
 	fl.BoolVar(&f.json, "json", false, "tasks and answers are JSON values; an answer with an \"error\" member counts as a failed task")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "no progress and no summary on stderr")

@@ -602,6 +602,15 @@ type Handler interface {
 	Bad(err error)
 }
 
+// BatchHandler is a Handler told when the read loop has delivered every
+// message read so far and is about to wait for more: a handler that
+// gathers the messages of a read can act on them once per read, not per
+// message (one wake-up of whoever waits for them, one lock).
+type BatchHandler interface {
+	Handler
+	EndBatch()
+}
+
 // ReadLoop reads messages from r (the channel's socket, or a reader over
 // it that also collects passed descriptors) until it ends, calling h for
 // each. It returns nil at end of stream and when the channel is closed.
@@ -615,7 +624,14 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 	rd := ipc.NewReader(r, c.readMax)
 	c.rd = rd
 	var dec ipc.Decoder
+	bh, _ := h.(BatchHandler)
+	if bh != nil {
+		defer bh.EndBatch()
+	}
 	for {
+		if bh != nil && !rd.Pending() {
+			bh.EndBatch()
+		}
 		line, err := rd.ReadLine()
 		if err != nil {
 			if errors.Is(err, ipc.ErrTooLong) {

@@ -145,6 +145,26 @@ func Decode(line []byte) (Message, error) { return decode(line, nil) }
 type Decoder struct {
 	types map[string]string
 	last  string // the previous message's type, the likeliest next one
+	ints  []int  // where the pointers of From, To and ID point, a block at a time
+}
+
+// intPtr returns a pointer to a copy of n. A Decoder hands out pointers
+// into a block of ints, one allocation per block instead of per message
+// with an "id" (tasks and results each have one); a block stays alive as
+// long as any of its pointers does.
+func (d *Decoder) intPtr(n int) *int {
+	if d == nil {
+		p := new(int) // not &n: that would put every n on the heap
+		*p = n
+		return p
+	}
+	if len(d.ints) == 0 {
+		d.ints = make([]int, 256)
+	}
+	p := &d.ints[0]
+	*p = n
+	d.ints = d.ints[1:]
+	return p
 }
 
 // Decode is the package's Decode, with the Decoder's type strings.
@@ -210,6 +230,9 @@ func decode(line []byte, d *Decoder) (Message, error) {
 // fills in m rather than returning it, which saves copies of a Message on
 // the way out.
 func decodeObject(m *Message, line []byte, d *Decoder) error {
+	if decodeCommon(m, line, d) {
+		return nil
+	}
 	s := scanner{b: line}
 	s.skipSpace()
 	if !s.consume('{') {
@@ -265,9 +288,9 @@ func decodeObject(m *Message, line []byte, d *Decoder) error {
 		return malformed("\"type\" is not a string")
 	}
 	var err error
-	m.From = intPtr(values[memberFrom], "from", &err)
-	m.To = intPtr(values[memberTo], "to", &err)
-	m.ID = intPtr(values[memberID], "id", &err)
+	m.From = d.optInt(values[memberFrom], "from", &err)
+	m.To = d.optInt(values[memberTo], "to", &err)
+	m.ID = d.optInt(values[memberID], "id", &err)
 	m.V = intOrZero(values[memberV], "v", &err)
 	m.Workers = intOrZero(values[memberWorkers], "workers", &err)
 	m.Max = intOrZero(values[memberMax], "max", &err)
@@ -306,6 +329,70 @@ func decodeObject(m *Message, line []byte, d *Decoder) error {
 		return malformed("herd.to without a worker \"to\"")
 	}
 	return nil
+}
+
+// decodeCommon reads the commonest messages, written as Append writes
+// them: {"type":"T"} with an optional "id" and an optional "data" after
+// it, in that order, no whitespace, T plain ASCII. It reports false,
+// having touched nothing, for anything else, which the general path then
+// reads (and, if it is wrong, explains). Streams of user messages, tasks
+// and results are all of this form, and reading them without the general
+// member loop halves what a message costs.
+func decodeCommon(m *Message, line []byte, d *Decoder) bool {
+	const prefix = `{"type":"`
+	if len(line) < len(prefix)+3 || string(line[:len(prefix)]) != prefix {
+		return false
+	}
+	i := len(prefix)
+	j := i
+	for ; j < len(line); j++ {
+		c := line[j]
+		if c == '"' {
+			break
+		}
+		if c < 0x20 || c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	if j == i || j >= len(line) {
+		return false
+	}
+	typ := line[i:j]
+	i = j + 1
+	var id *int
+	if const_ := `,"id":`; len(line)-i > len(const_) && string(line[i:i+len(const_)]) == const_ {
+		i += len(const_)
+		s := scanner{b: line, pos: i}
+		if s.scanNumber() != nil {
+			return false
+		}
+		var err error
+		n := parseInt(line[i:s.pos], "id", &err)
+		if err != nil {
+			return false
+		}
+		id, i = d.intPtr(n), s.pos
+	}
+	var data []byte
+	if const_ := `,"data":`; len(line)-i > len(const_) && string(line[i:i+len(const_)]) == const_ {
+		i += len(const_)
+		s := scanner{b: line, pos: i}
+		if s.skipValue(1) != nil {
+			return false
+		}
+		data, i = line[i:s.pos], s.pos
+		if string(data) == "null" {
+			data = nil
+		}
+	}
+	if i != len(line)-1 || line[i] != '}' {
+		return false
+	}
+	if string(typ) == TypeTo {
+		return false // needs its "to"
+	}
+	*m = Message{Type: d.intern(typ), ID: id, Data: data}
+	return true
 }
 
 type member int
@@ -617,15 +704,14 @@ func (s *scanner) memberName() error {
 	return nil
 }
 
-// intPtr is the value of an optional integer member, nil if it is
+// optInt is the value of an optional integer member, nil if it is
 // absent or null. Like intOrZero, it leaves *err as it is when it has
 // none, so that a run of members needs one check.
-func intPtr(value []byte, name string, err *error) *int {
+func (d *Decoder) optInt(value []byte, name string, err *error) *int {
 	if value == nil || string(value) == "null" {
 		return nil
 	}
-	n := parseInt(value, name, err)
-	return &n
+	return d.intPtr(parseInt(value, name, err))
 }
 
 // intOrZero is the value of an integer member, 0 if it is absent or
@@ -797,6 +883,21 @@ func Append(b []byte, m Message) ([]byte, error) {
 	return append(b, '}', '\n'), nil
 }
 
+// AppendIDData appends the message {"type":typ,"id":id,"data":data}, as
+// Append would, for the streams of tasks and results: typ must be a plain
+// protocol type (no escapes needed) and data one JSON value, already
+// checked and compact (encoding/json's Marshal and Compact write such),
+// which is not looked at again.
+func AppendIDData(b []byte, typ string, id int, data []byte) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","id":`...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	return append(b, '}', '\n')
+}
+
 func appendInt(b []byte, member string, n int) []byte {
 	if n == 0 {
 		return b
@@ -907,6 +1008,13 @@ func NewReader(r io.Reader, max int) *Reader {
 		max = DefaultMaxMessage
 	}
 	return &Reader{br: bufio.NewReaderSize(r, min(max+1, 64<<10)), max: max}
+}
+
+// Pending reports whether a whole line has been read from the stream and
+// not yet returned: if not, the next ReadLine waits for the stream.
+func (r *Reader) Pending() bool {
+	b, _ := r.br.Peek(r.br.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // ReadLine returns the next line that fits the limit, without its newline.

@@ -461,6 +461,10 @@ func FuzzDecode(f *testing.F) {
 			{`{"type":`, `}`},
 			{`{"type":"herd.to","to":`, `}`},
 			{`{`, `:1,"type":"a"}`},
+			// The short path for the form Append writes.
+			{`{"type":"herd.result","id":`, `}`},
+			{`{"type":"herd.task","id":7,"data":`, `}`},
+			{`{"type":"`, `","id":1,"data":2}`},
 		} {
 			checkDecode(t, slices.Concat([]byte(wrap[0]), line, []byte(wrap[1])))
 		}
@@ -511,6 +515,16 @@ func FuzzAppend(f *testing.F) {
 		if err := json.Unmarshal(quoted, &wantType); err != nil || back.Type != wantType {
 			t.Fatalf("type %q came back as %q, want %q (%v)", typ, back.Type, wantType, err)
 		}
+		// AppendIDData writes what Append does, given compact data.
+		if len(data) > 0 {
+			var compact bytes.Buffer
+			if json.Compact(&compact, data) == nil {
+				want, err := Append(nil, Message{Type: TypeResult, ID: &n, Data: compact.Bytes()})
+				if got := AppendIDData(nil, TypeResult, n, compact.Bytes()); err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("AppendIDData(%d, %q) = %q, Append %q (%v)", n, compact.Bytes(), got, want, err)
+				}
+			}
+		}
 	})
 }
 
@@ -543,6 +557,7 @@ const mediumMessage = `{"type":"order.placed","data":{"id":"ord_8f3a2c","user":{
 func BenchmarkDecode(b *testing.B) {
 	for _, bc := range []struct{ name, line string }{
 		{"small", `{"type":"n","data":123}`},
+		{"result", `{"type":"herd.result","id":12345,"data":24690}`},
 		{"medium", mediumMessage},
 	} {
 		line := []byte(bc.line)

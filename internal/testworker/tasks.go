@@ -38,7 +38,9 @@ func lineWorker() error {
 		task := strings.TrimSuffix(line, "\n")
 		switch {
 		case task == os.Getenv("TEST_CRASH_ON"):
-			out.Flush()
+			if os.Getenv("TEST_CRASH_UNFLUSHED") != "1" {
+				out.Flush()
+			} // else the answers written before are lost, as a buffered stdout's are
 			os.Exit(3)
 		case task == crashOnce && marker != "":
 			if _, err := os.Stat(marker); err != nil {
@@ -63,7 +65,7 @@ func lineWorker() error {
 				fmt.Fprintf(out, "%d\n", 2*n)
 			}
 		}
-		if in.Buffered() == 0 {
+		if in.Buffered() == 0 || os.Getenv("TEST_FLUSH_EACH") == "1" {
 			out.Flush()
 		}
 	}
