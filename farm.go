@@ -121,6 +121,17 @@ func (f *farm) up(p *process) {
 	f.poke()
 }
 
+// idleWorker reports whether a worker that can take tasks holds none.
+// f.mu is held.
+func (f *farm) idleWorker() bool {
+	for _, w := range f.workers {
+		if w.up && !w.alone && len(w.fifo) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // find returns p's state, nil if p is not a running worker (any more).
 // f.mu is held.
 func (f *farm) find(p *process) *farmWorker {
@@ -212,6 +223,7 @@ func (f *farm) answeredIDs(p *process, answers []taskAnswer) {
 			f.finish(t, a.data, "")
 		}
 	}
+	f.dispatch() // tasks read ahead go out at once, not after the farm wakes
 	f.poke()
 }
 
@@ -260,7 +272,11 @@ func (f *farm) lost(p *process, why string) {
 // the task fails without being run; idle is called whenever the farm is
 // about to wait.
 func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string, bool, error), emit func(*farmTask) error, idle func()) error {
-	capacity := max(workers, 1) * f.inflight
+	// Room for twice what the workers may hold: the tasks that refill a
+	// worker are read ahead, and go out as soon as its answers come in
+	// (from the read loop that takes them), not once the farm has woken,
+	// written out the answers and read the input that replaces them.
+	capacity := 2 * max(workers, 1) * f.inflight
 	f.mu.Lock()
 	f.ring = make([]farmTask, capacity)
 	f.free = make([]int, capacity)
@@ -300,6 +316,11 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 				f.finish(t, nil, fails)
 			} else {
 				f.retry = append(f.retry, t.id)
+				if f.idleWorker() {
+					// Do not let a worker wait for the rest of a
+					// batch: the input may be slow to come.
+					f.dispatch()
+				}
 			}
 			seq++
 		}

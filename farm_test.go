@@ -24,6 +24,13 @@ type farmRig struct {
 
 func newFarmRig(t *testing.T, inflight, retries, n int) *farmRig {
 	t.Helper()
+	return newGatedFarmRig(t, inflight, retries, n, nil)
+}
+
+// newGatedFarmRig is newFarmRig with a producer that, when gate is not
+// nil, takes a value from it before each task after the first.
+func newGatedFarmRig(t *testing.T, inflight, retries, n int, gate chan struct{}) *farmRig {
+	t.Helper()
 	r := &farmRig{
 		f:       newFarm(inflight, retries, 0, true),
 		given:   map[*process][]int{},
@@ -41,6 +48,9 @@ func newFarmRig(t *testing.T, inflight, retries, n int) *farmRig {
 	next := func() ([]byte, string, bool, error) {
 		if i == n {
 			return nil, "", false, nil
+		}
+		if i > 0 && gate != nil {
+			<-gate
 		}
 		i++
 		return []byte(strconv.Itoa(i - 1)), "", true, nil
@@ -151,5 +161,25 @@ func TestFarmBlamesOnlyATaskThatDiesAlone(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[int]string{0: "crashed"}, r.errs); diff != "" {
 		t.Errorf("failures (-want +got):\n%s", diff)
+	}
+}
+
+// A task goes to an idle worker at once, even while the producer of the
+// next one takes its time.
+func TestFarmDoesNotHoldTasksForASlowProducer(t *testing.T) {
+	gate := make(chan struct{})
+	r := newGatedFarmRig(t, 64, 2, 2, gate)
+	p := &process{pid: 1}
+	r.f.up(p)
+	ids := r.holding(t, p, 1) // while the producer waits at the gate
+	r.answer(p, ids[0])
+	gate <- struct{}{}
+	ids = r.holding(t, p, 1)
+	r.answer(p, ids[0])
+	if err := <-r.done; err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[int]string{0: "0", 1: "2"}, r.results); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
 	}
 }

@@ -20,9 +20,10 @@ type PoolOptions struct {
 	// Options are the cluster's; an empty Command forks this program.
 	Options
 	// Inflight is how many tasks a worker may hold; 0 means 64. It bounds
-	// the primary's memory: at most Workers×Inflight tasks (each within
-	// MaxMessage) are outstanding, and tasks are taken from the sequence
-	// given to Map only as room is made.
+	// the primary's memory: at most 2×Workers×Inflight tasks (each within
+	// MaxMessage) are outstanding (held by the workers, and as many read
+	// ahead), and tasks are taken from the sequence given to Map only as
+	// room is made.
 	Inflight int
 	// Retries is how many times a task whose worker died or hung is given
 	// to another worker before it fails; 0 means 2, negative none.
