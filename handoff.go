@@ -64,6 +64,9 @@ type handover struct {
 	mu     sync.Mutex
 	parked []handed
 	kick   chan struct{} // capacity 1: try the parked connections again
+	// lines holds, per listener name, the herd.conn line and Node's
+	// NODE_HANDLE line (map[string][2][]byte, replaced, never changed).
+	lines atomic.Value
 }
 
 func newHandover(s *Supervisor) *handover {
@@ -158,7 +161,7 @@ func (h *handover) give(p *process, c handed) bool {
 	// its herd.closed arrive, before SendConn returns (closed does not
 	// take mu), and a count that went below zero there would stay one high.
 	p.handoff.open.Add(1)
-	if err := p.ch.SendConn(h.s.connLine(p, c.listener), c.fd, handoffQueue); err != nil {
+	if err := p.ch.SendConn(h.connLine(p, c.listener), c.fd, handoffQueue); err != nil {
 		p.handoff.open.Add(-1)
 		return false
 	}
@@ -343,18 +346,31 @@ func (h *handover) killStuck() {
 }
 
 // connLine is the message that carries a connection of listener to p.
-func (s *Supervisor) connLine(p *process, listener string) []byte {
-	if p.node {
+// The lines are made once per listener (SendConn copies them): a hand-over
+// costs no encoding.
+func (h *handover) connLine(p *process, listener string) []byte {
+	lines, _ := h.lines.Load().(map[string][2][]byte)
+	l, ok := lines[listener]
+	if !ok {
 		// Node's own framing: process.on('message', (msg, socket)) gets
 		// msg and a net.Socket, and Node answers NODE_HANDLE_ACK.
-		msg, _ := json.Marshal(map[string]any{
+		node, _ := json.Marshal(map[string]any{
 			"cmd": "NODE_HANDLE", "type": "net.Socket",
 			"msg": map[string]string{"type": ipc.TypeConn, "listener": listener},
 		})
-		return append(msg, '\n')
+		ours, _ := ipc.Append(nil, ipc.Message{Type: ipc.TypeConn, Listener: listener})
+		l = [2][]byte{ours, append(node, '\n')}
+		next := make(map[string][2][]byte, len(lines)+1)
+		for k, v := range lines {
+			next[k] = v
+		}
+		next[listener] = l
+		h.lines.Store(next)
 	}
-	line, _ := ipc.Append(nil, ipc.Message{Type: ipc.TypeConn, Listener: listener})
-	return line
+	if p.node {
+		return l[1]
+	}
+	return l[0]
 }
 
 // pollable returns a non-blocking copy of socket f that the runtime's

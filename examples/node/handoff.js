@@ -11,7 +11,8 @@
 // acknowledges it (herd counts that as herd.took; until then it keeps its copy
 // and gives the connection to another worker if this one dies). The server is
 // never listen()ed: each socket is emitted as a 'connection'. Closes are
-// reported with herd.closed (--balance least-conn counts them).
+// reported with herd.closed, a count at a time (--balance least-conn counts
+// them).
 // herd.shutdown or SIGTERM/SIGINT drain it as hello.js does.
 
 const http = require('node:http');
@@ -33,9 +34,21 @@ function send(msg) {
   if (process.connected) process.send(msg, () => {}); // with a callback, errors are not thrown
 }
 
+// Closes are reported together, once per turn of the event loop: a
+// message per connection would cost a write each.
+let closed = 0;
+function reportClosed() {
+  if (closed++ === 0) {
+    setImmediate(() => {
+      send({ type: 'herd.closed', data: closed });
+      closed = 0;
+    });
+  }
+}
+
 process.on('message', (msg, socket) => {
   if (msg && msg.type === 'herd.conn' && socket) {
-    socket.once('close', () => send({ type: 'herd.closed' }));
+    socket.once('close', reportClosed);
     socket.setNoDelay(true); // net.Server does it for connections it accepts itself
     server.emit('connection', socket);
   } else if (msg && msg.type === 'herd.shutdown') {
