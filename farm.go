@@ -15,8 +15,9 @@ import (
 // each worker's in-flight tasks are a FIFO. Tasks of a worker that dies or
 // hangs go back to the queue, up to a number of tries; every task ends as
 // exactly one result or one error, and nothing is read from the input
-// while as many tasks as the workers may hold are outstanding (given out,
-// waiting to be retried, or done and waiting to be written in order).
+// while twice as many tasks as the workers may hold are outstanding (given
+// out, read ahead or waiting to be retried, or done and waiting to be
+// written in order).
 //
 // Which task killed a worker is known only if it held one: answers are
 // written in batches (a Go worker's every 100 µs or so, a Python worker's
@@ -36,7 +37,7 @@ import (
 type farm struct {
 	inflight int           // tasks a worker may hold
 	retries  int           // retries of a task after its first try
-	timeout  time.Duration // a worker holding a task this long is hung; 0: never
+	timeout  time.Duration // a worker this long on one task is hung; 0: never
 	ordered  bool
 	send     func(w *farmWorker, id int, task []byte) bool // gives a task to a worker; false: it cannot take it now
 	flush    func(w *farmWorker)                           // sends what send queued for w
