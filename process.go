@@ -23,6 +23,9 @@ type process struct {
 	sl      *slot
 	slot    int
 	started time.Time
+	// port is the loopback port it was given to listen on in proxy mode
+	// (PORT), its own (Supervisor.newPort); 0 in the other modes.
+	port int
 
 	// ch is the primary's end of the worker's message channel.
 	ch *channel.Conn
@@ -139,7 +142,7 @@ func workerEnv(base []string, slot, workers int, names, handed []string, port in
 }
 
 // startProcess starts a worker for sl through the exec trampoline.
-func (s *Supervisor) startProcess(sl *slot) (*process, error) {
+func (s *Supervisor) startProcess(sl *slot) (_ *process, err error) {
 	slot := sl.id
 	files, names := s.sockets.Files(slot)
 	var handed []string
@@ -150,7 +153,18 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 			handed = names
 		}
 		files, names = nil, nil
-		port = s.port(slot)
+	}
+	if s.opts.Balance == BalanceProxy {
+		if port, err = s.newPort(); err != nil {
+			return nil, fmt.Errorf("start worker %d: %w", slot, err)
+		}
+		// Held until the process is reaped (waitProcess), or given back
+		// now if it does not start.
+		defer func() {
+			if err != nil {
+				s.releasePort(port)
+			}
+		}()
 	}
 	node := s.nodeIPC()
 	statusR, statusW, err := os.Pipe()
@@ -226,6 +240,7 @@ func (s *Supervisor) startProcess(sl *slot) (*process, error) {
 		pid:     cmd.Process.Pid,
 		sl:      sl,
 		slot:    slot,
+		port:    port,
 		started: time.Now(),
 		ch:      ch,
 		node:    node,
@@ -323,6 +338,8 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 		s.handover.reclaim(p)
 	}
 	closeAll(outR, errR)
+	// The group is gone, so nothing listens on the port any more.
+	s.releasePort(p.port)
 	p.sl.post(procEvent{p: p, kind: evExited, st: p.cmd.ProcessState})
 }
 

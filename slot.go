@@ -81,6 +81,7 @@ const (
 	evNotReady                // it did not become ready in time (err)
 	evExited                  // reaped, output drained (st)
 	evDeadline                // its stop timeout passed
+	evAskStop                 // the proxy's grace passed: ask it to stop now
 	evUnhealthy               // health check, heartbeat or memory (err)
 	evRecycle                 // its lifetime is over
 )
@@ -292,6 +293,16 @@ func (m *machine) killAll() {
 	}
 }
 
+// proxyHandoverGrace is how long, in proxy mode, a worker the proxy no
+// longer sends new connections to keeps running before it is asked to
+// stop. A connection the proxy began to dial just before it switched
+// backends still reaches the worker's port; were the worker asked to stop
+// at once, that connection could land in its listening socket's queue as
+// the app closes it unaccepted, which resets it (Python's socketserver and
+// Node do that). A loopback connect takes microseconds; the grace covers a
+// dialing goroutine that was descheduled meanwhile.
+const proxyHandoverGrace = 100 * time.Millisecond
+
 // drain asks p to stop: with herd.shutdown if it speaks the protocol,
 // else with the stop signal to its whole process group. It is killed when
 // the stop timeout passes.
@@ -305,17 +316,30 @@ func (m *machine) drain(p *process) {
 		m.publish(func(i *WorkerInfo) { i.State = StateDraining })
 	}
 	p.draining.Store(true)
+	grace := time.Duration(0)
+	if m.sup.proxy != nil && p.ready {
+		grace = proxyHandoverGrace // it may have been a backend until now
+	}
+	if grace > 0 {
+		time.AfterFunc(grace, func() { m.post(procEvent{p: p, kind: evAskStop}) })
+	} else {
+		m.askStop(p)
+	}
+	p.stopTimer = time.AfterFunc(grace+m.sup.opts.StopTimeout, func() { m.post(procEvent{p: p, kind: evDeadline}) })
+	select {
+	case <-m.sup.killCh:
+		p.kill()
+	default:
+	}
+}
+
+// askStop sends p herd.shutdown, or the stop signal.
+func (m *machine) askStop(p *process) {
 	asked := p.speaks.Load() && p.ch.TrySend(ipc.Message{Type: ipc.TypeShutdown}) == nil
 	if !asked {
 		if err := p.signalGroup(m.sup.opts.StopSignal); err != nil && !errors.Is(err, syscall.ESRCH) {
 			m.log.Warn("cannot signal worker", "pid", p.pid, "err", err)
 		}
-	}
-	p.stopTimer = time.AfterFunc(m.sup.opts.StopTimeout, func() { m.post(procEvent{p: p, kind: evDeadline}) })
-	select {
-	case <-m.sup.killCh:
-		p.kill()
-	default:
 	}
 }
 
@@ -391,6 +415,11 @@ func (m *machine) event(e procEvent) error {
 				m.next = np
 				m.publish(func(i *WorkerInfo) { i.NextPID = np.pid })
 			}
+		}
+
+	case evAskStop:
+		if !p.exited {
+			m.askStop(p)
 		}
 
 	case evDeadline:

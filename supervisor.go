@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -61,9 +60,10 @@ type Supervisor struct {
 	// procEvents is told of every event of every worker process before
 	// OnEvent is (Map and Pool follow the processes that run with it).
 	procEvents func(p *process, ev Event)
-	// portMu guards ports, each slot's private port in proxy mode.
+	// portMu guards ports: in proxy mode, the private ports given to
+	// worker processes that have not been reaped yet.
 	portMu sync.Mutex
-	ports  []int
+	ports  map[int]bool
 
 	ran      atomic.Bool
 	closeMu  sync.Mutex
@@ -211,37 +211,44 @@ func (s *Supervisor) Listeners() []ListenerInfo {
 	return out
 }
 
-// port is slot's private port in proxy mode, chosen when first asked
-// (a free loopback port, kept for the slot's whole life); 0 otherwise.
-func (s *Supervisor) port(slot int) int {
-	if s.opts.Balance != BalanceProxy {
-		return 0
-	}
+// newPort picks the private port of a new worker process in proxy mode:
+// a free loopback port that no process of this herd still holds. Each
+// process gets its own, never its slot's previous one: during a reload the
+// worker being replaced still listens on its port, and a replacement given
+// the same one would fail to bind it while its readiness probe reached the
+// old worker instead. releasePort gives it back once the process is gone.
+func (s *Supervisor) newPort() (int, error) {
 	s.portMu.Lock()
 	defer s.portMu.Unlock()
-	for len(s.ports) <= slot {
-		s.ports = append(s.ports, 0)
+	if s.ports == nil {
+		s.ports = map[int]bool{}
 	}
-	if s.ports[slot] == 0 {
-		s.ports[slot] = freePort(s.ports)
-	}
-	return s.ports[slot]
-}
-
-// freePort finds a loopback port nobody listens on, other than taken.
-func freePort(taken []int) int {
 	for range 100 {
+		// The kernel picks a port nothing is bound to; the map rules out
+		// one given to a worker that has not bound it yet, or has closed
+		// it while it drains.
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return 0
+			return 0, fmt.Errorf("find a free loopback port for a worker: %w", err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if !slices.Contains(taken, port) {
-			return port
+		if !s.ports[port] {
+			s.ports[port] = true
+			return port, nil
 		}
 	}
-	return 0
+	return 0, errors.New("find a free loopback port for a worker: every port the kernel offered is held by another worker")
+}
+
+// releasePort gives back a port newPort returned (0: none).
+func (s *Supervisor) releasePort(port int) {
+	if port == 0 {
+		return
+	}
+	s.portMu.Lock()
+	delete(s.ports, port)
+	s.portMu.Unlock()
 }
 
 // findProbeGroup picks the listener that readiness and health probes
@@ -641,7 +648,15 @@ func (s *Supervisor) isOwn(pid int) bool {
 func (s *Supervisor) setLive(slot int, live bool) {
 	s.steerMu.Lock()
 	defer s.steerMu.Unlock()
-	if slot >= len(s.live) || s.live[slot] == live {
+	if slot >= len(s.live) {
+		return
+	}
+	if s.proxy != nil {
+		// A live slot's backend is the port of its serving worker, which a
+		// replacement changes while the slot stays live.
+		defer s.storeBackends()
+	}
+	if s.live[slot] == live {
 		return
 	}
 	s.live[slot] = live
@@ -650,15 +665,6 @@ func (s *Supervisor) setLive(slot int, live bool) {
 	}
 	if live && s.handover != nil {
 		s.handover.poke()
-	}
-	if s.proxy != nil {
-		var bs []proxy.Backend
-		for i, l := range s.live {
-			if l {
-				bs = append(bs, proxy.Backend{Slot: i, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port(i)))})
-			}
-		}
-		s.backends.Store(&bs)
 	}
 	var ids []int
 	for i, l := range s.live {
@@ -669,6 +675,25 @@ func (s *Supervisor) setLive(slot int, live bool) {
 	if err := s.sockets.Steer(ids); err != nil {
 		s.log.Warn("cannot steer new connections away from stopped workers", "err", err)
 	}
+}
+
+// storeBackends rebuilds what the proxy may send connections to: the port
+// of each live slot's serving worker. Called with steerMu held.
+func (s *Supervisor) storeBackends() {
+	var bs []proxy.Backend
+	for i, l := range s.live {
+		if !l {
+			continue
+		}
+		sl, err := s.slotByID(i)
+		if err != nil {
+			continue // removed by a scale-down, about to be marked not live
+		}
+		if p := sl.current.Load(); p != nil && p.port != 0 {
+			bs = append(bs, proxy.Backend{Slot: i, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port))})
+		}
+	}
+	s.backends.Store(&bs)
 }
 
 // Close gives back the listening sockets and stops the output pumps. Run

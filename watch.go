@@ -49,7 +49,7 @@ func (s *Supervisor) watchReadiness(p *process) {
 			}
 		})
 	case ReadyHTTP:
-		remote, local := s.probeTarget(p.slot)
+		remote, local := s.probeTarget(p)
 		p.sl.watch(p, func() {
 			every(p, httpProbeEvery, func() bool {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -64,8 +64,10 @@ func (s *Supervisor) watchReadiness(p *process) {
 	case ReadyListen, ReadyAuto:
 		if s.opts.Balance == BalanceProxy {
 			// The worker binds its own port: it is ready once it accepts
-			// there (the only connection its app sees from herd).
-			remote := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.port(p.slot)}
+			// there (the only connection its app sees from herd). The port
+			// is this process's alone (see newPort), so the worker it
+			// replaces cannot answer for it.
+			remote, _ := s.probeTarget(p)
 			p.sl.watch(p, func() {
 				every(p, listenProbeEvery, func() bool {
 					if r.Mode == ReadyAuto && p.speaks.Load() {
@@ -134,7 +136,7 @@ func (s *Supervisor) watchHealth(p *process) {
 	h := s.opts.Health
 	unhealthy := func(err error) { p.sl.post(procEvent{p: p, kind: evUnhealthy, err: err}) }
 	if h.Kind != "" {
-		remote, local := s.probeTarget(p.slot)
+		remote, local := s.probeTarget(p)
 		p.sl.watch(p, func() {
 			failures := 0
 			every(p, h.Interval, func() bool {
@@ -249,13 +251,14 @@ func every(p *process, d time.Duration, f func() bool) {
 // return once p's leader has exited.
 func (sl *slot) watch(p *process, f func()) { sl.watchers.Go(f) }
 
-// probeTarget is where the probes of slot go: the first listener that can
-// be reached per slot, from the source address that steers to slot.
-func (s *Supervisor) probeTarget(slot int) (remote, local *net.TCPAddr) {
+// probeTarget is where the probes of p go: in proxy mode its own port;
+// else the first listener that can be reached per slot, from the source
+// address that steers to p's slot.
+func (s *Supervisor) probeTarget(p *process) (remote, local *net.TCPAddr) {
 	if s.opts.Balance == BalanceProxy {
-		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: s.port(slot)}, nil
+		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p.port}, nil
 	}
-	remote, local, _ = s.sockets.ProbeTarget(s.probeGroup, slot)
+	remote, local, _ = s.sockets.ProbeTarget(s.probeGroup, p.slot)
 	return remote, local
 }
 

@@ -289,3 +289,49 @@ func TestOperationErrorsAreOneClearLine(t *testing.T) {
 		t.Fatal("a bad request ended the cluster")
 	}
 }
+
+// In proxy mode each worker binds the port herd gives it. A reload's
+// replacement must get a port of its own: were it the port of the worker
+// it replaces, its readiness connect would reach the old worker, it would
+// be taken for ready at once, and then fail to bind while the old one
+// drains, failing requests. Under new-connection load, reloads of the
+// port examples fail nothing and leave every slot with a new worker.
+func TestProxyReloadsFailNothing(t *testing.T) {
+	t.Parallel()
+	for _, app := range portApps(t) {
+		t.Run(app.name, func(t *testing.T) {
+			t.Parallel()
+			if _, err := exec.LookPath(app.bin); err != nil {
+				t.Skipf("%s is not installed: skipping its proxy reload test", app.bin)
+			}
+			h := startHerd(t, nil, "-w", "2", "--balance", "proxy", "-l", "127.0.0.1:0", "--", app.bin, app.file)
+			ctl := controlOf(t, h)
+			before := waitWorkers(t, ctl, 2)
+			fresh := herdtest.StartLoad(h.Addr("listen0"), 3, false)
+			time.Sleep(300 * time.Millisecond)
+			for round := range 3 {
+				if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+					t.Fatalf("reload %d: exit %d: %s", round, code, stderr)
+				}
+			}
+			after := waitWorkers(t, ctl, 2)
+			time.Sleep(300 * time.Millisecond)
+			r := fresh.Stop()
+			if r.Failed != 0 {
+				t.Errorf("%d of %d new-connection requests failed over 3 reloads; first: %v", r.Failed, r.OK+r.Failed, r.Errors)
+			}
+			if r.OK < 50 {
+				t.Errorf("only %d answers: the load did not run", r.OK)
+			}
+			for i := range 2 {
+				if after.Workers[i].PID == before.Workers[i].PID {
+					t.Errorf("worker %d kept pid %d through 3 reloads", i, after.Workers[i].PID)
+				}
+			}
+			// A replacement that could not bind its port exits: none may.
+			if n := h.Count(`msg="worker exited"`); n != 0 {
+				t.Errorf("%d workers exited unasked during the reloads", n)
+			}
+		})
+	}
+}
