@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,6 +239,69 @@ func TestLifecycleEvents(t *testing.T) {
 	exits := []int{ev.all[4].PID, ev.all[5].PID}
 	if ev.all[0].PID != old || ev.all[2].PID == old || !slices.Contains(exits, old) || !slices.Contains(exits, ev.all[2].PID) {
 		t.Errorf("pids: first %d (want %d), second %d, exits %v", ev.all[0].PID, old, ev.all[2].PID, exits)
+	}
+}
+
+// A worker killed with kill -9 is reported as an unexpected exit, with its
+// status, and then as a restart: at once the first time, after a backoff
+// delay when it happens again soon after.
+func TestUnexpectedExitAndRestartEvents(t *testing.T) {
+	s, ev, stop := libCluster(t, 1)
+	var killed []int
+	for round := range 2 {
+		pid := s.Workers()[0].PID
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed = append(killed, pid)
+		ev.waitFor(t, "the replacement ready", func() bool { return ev.count(herd.EventReady) >= 2+round })
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for round, pid := range killed {
+		// One worker's events come in order; a replacement's may
+		// interleave with them, so look at this pid's alone.
+		var mine []herd.Event
+		for _, e := range ev.all {
+			if e.PID == pid {
+				mine = append(mine, e)
+			}
+		}
+		var kinds []string
+		for _, e := range mine {
+			kinds = append(kinds, e.Kind.String())
+		}
+		if want := []string{"started", "ready", "exited", "restart"}; !slices.Equal(kinds, want) {
+			t.Fatalf("events of killed pid %d: %v, want %v", pid, kinds, want)
+		}
+		exit, restart := mine[2], mine[3]
+		if exit.Expected || exit.Status != "signal: killed" || exit.Code != -1 || exit.Uptime <= 0 || exit.Worker != 0 {
+			t.Errorf("exit event %+v: want unexpected, \"signal: killed\", code -1, an uptime, worker 0", exit)
+		}
+		if restart.Worker != 0 {
+			t.Errorf("restart event for worker %d, want 0", restart.Worker)
+		}
+		// The first crash is restarted at once; the second, soon after,
+		// waits the first backoff step (100ms, jittered).
+		if round == 0 && restart.Delay != 0 {
+			t.Errorf("first restart after %v, want at once", restart.Delay)
+		}
+		if round == 1 && (restart.Delay <= 0 || restart.Delay > time.Second) {
+			t.Errorf("second restart after %v, want the first backoff step (about 100ms)", restart.Delay)
+		}
+	}
+	// Each restart did start a new worker in the slot.
+	var started []int
+	for _, e := range ev.all {
+		if e.Kind == herd.EventStarted {
+			started = append(started, e.PID)
+		}
+	}
+	if len(started) != 3 || started[1] == killed[0] || started[2] == killed[1] || started[1] != killed[1] {
+		t.Errorf("workers started %v, killed %v: want a new worker after each kill", started, killed)
 	}
 }
 
