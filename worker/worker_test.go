@@ -13,12 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/herd-sh/herd"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakePrimary gives this process a channel as a primary would: the
 // worker's end at HERD_IPC_FD, the primary's end returned. The test plays
