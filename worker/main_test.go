@@ -16,13 +16,19 @@ import (
 const roleEnv = "WORKER_TEST_ROLE"
 
 // The test binary is also the workers of its own tests: started with
-// roleEnv set, it plays that role and exits. Otherwise the tests run.
+// roleEnv set, it plays that role and exits; started by Example_cluster's
+// primary (a self-fork: same program, same arguments), it is that
+// example's worker half. Otherwise the tests run.
 func TestMain(m *testing.M) {
 	if role := os.Getenv(roleEnv); role != "" {
 		if err := playRole(role); err != nil {
 			fmt.Fprintln(os.Stderr, "test worker:", err)
 			os.Exit(1)
 		}
+		os.Exit(0)
+	}
+	if worker.IsWorker() {
+		Example_cluster()
 		os.Exit(0)
 	}
 	// Race-built workers otherwise sleep a second at exit.
