@@ -43,6 +43,8 @@ const (
 
 var eventNames = [...]string{"", "started", "ready", "message", "exited", "restart"}
 
+// String returns the kind's name as logs and tests show it: "started",
+// "ready", "message", "exited" or "restart"; "unknown" for any other value.
 func (k EventKind) String() string {
 	if int(k) > 0 && int(k) < len(eventNames) {
 		return eventNames[k]

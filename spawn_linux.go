@@ -11,7 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var sigKill = syscall.SIGKILL
+// sigKill is the signal no process can catch or ignore: what is left of a
+// worker's process group at the stop deadline, or after its leader died,
+// gets it.
+const sigKill = syscall.SIGKILL
 
 // workerAttr puts each worker in a process group of its own and asks the
 // kernel to kill it if the primary's spawning thread dies.

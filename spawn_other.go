@@ -9,7 +9,10 @@ import (
 	"syscall"
 )
 
-var sigKill = syscall.SIGKILL
+// sigKill is the signal no process can catch or ignore: what is left of a
+// worker's process group at the stop deadline, or after its leader died,
+// gets it.
+const sigKill = syscall.SIGKILL
 
 // workerAttr puts each worker in a process group of its own. There is no
 // parent-death signal here; the watchdog process covers a killed primary.

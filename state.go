@@ -20,6 +20,8 @@ const (
 
 var stateNames = [...]string{"starting", "ready", "draining", "exited"}
 
+// String returns the state's name as herd status shows it: "starting",
+// "ready", "draining" or "exited".
 func (s WorkerState) String() string {
 	if int(s) < len(stateNames) {
 		return stateNames[s]
