@@ -175,6 +175,9 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 		case <-m.joinAt:
 			m.joinAt = nil
 			sl.sup.setLive(sl.id, true)
+		case <-m.retryAt:
+			m.retryAt = nil
+			m.retrySick()
 		}
 		if m.stopping && m.empty() {
 			sl.publish(func(i *WorkerInfo) { i.PID, i.NextPID, i.State = 0, 0, StateExited })
@@ -198,6 +201,15 @@ type machine struct {
 	stopping  bool // stopping or retiring: no new worker starts
 	retired   *slotCmd
 	everRan   bool // some worker of this slot ran the command
+
+	// sick is the serving worker when a health check, its heartbeat or
+	// its memory said it must be replaced (sickWhy says which); it stays
+	// set while that has not been done, so that a replacement that fails
+	// is tried again (at retryAt) instead of leaving the sick worker in
+	// place unwatched.
+	sick    *process
+	sickWhy string
+	retryAt <-chan time.Time
 }
 
 func (m *machine) empty() bool { return m.cur == nil && m.next == nil && len(m.old) == 0 }
@@ -233,7 +245,7 @@ func (m *machine) restart() {
 func (m *machine) command(cmd slotCmd) {
 	switch {
 	case m.stopping:
-		cmd.done <- fmt.Errorf("worker %d: %w", m.id, ErrStopping)
+		cmd.reply(fmt.Errorf("worker %d: %w", m.id, ErrStopping))
 	case cmd.kind == cmdRetire:
 		m.retired = &cmd
 		m.stop(fmt.Errorf("worker %d is being retired", m.id))
@@ -253,7 +265,8 @@ func (m *machine) command(cmd slotCmd) {
 	default:
 		p, err := m.sup.startProcess(m.slot)
 		if err != nil {
-			cmd.done <- fmt.Errorf("worker %d: %w", m.id, err)
+			m.log.Error("cannot start a replacement", "reason", cmd.reason, "err", err)
+			cmd.reply(fmt.Errorf("worker %d: %w", m.id, err))
 			return
 		}
 		m.log.Info("starting a replacement", "reason", cmd.reason, "pid", p.pid, "old_pid", m.cur.pid)
@@ -265,17 +278,51 @@ func (m *machine) command(cmd slotCmd) {
 // finish ends the pending commands with err (nil: done).
 func (m *machine) finish(err error) {
 	for _, cmd := range m.pending {
-		if cmd.done != nil {
-			cmd.done <- err
-		}
+		cmd.reply(err)
 	}
 	m.pending = nil
+}
+
+// reply sends a command's outcome to whoever waits for it, if anyone does
+// (a replacement the slot decided on itself has no one).
+func (cmd slotCmd) reply(err error) {
+	if cmd.done != nil {
+		cmd.done <- err
+	}
+}
+
+// retrySick tries again to replace the sick worker, once the delay after
+// a failed replacement has passed, unless it is gone or being replaced.
+func (m *machine) retrySick() {
+	p := m.sick
+	if p == nil || p != m.cur || p.asked || m.stopping || m.next != nil {
+		return
+	}
+	m.log.Warn("trying again to replace the unhealthy worker", "pid", p.pid, "reason", m.sickWhy)
+	m.command(slotCmd{kind: cmdReplace, reason: m.sickWhy})
+	if m.next == nil && len(m.pending) == 0 {
+		m.sickFailed() // it could not even be started
+	}
+}
+
+// sickFailed schedules the next attempt to replace the sick worker after
+// a failed one, after the slot's backoff delay (at least its first step,
+// so that a replacement that fails at once is not retried in a loop).
+func (m *machine) sickFailed() {
+	p := m.sick
+	if p == nil || p != m.cur || p.asked || m.stopping {
+		return
+	}
+	r := m.sup.opts.Restart
+	delay := max(m.backoff.Next(0), r.BackoffInitial)
+	m.log.Warn("the unhealthy worker keeps serving until a replacement is ready", "pid", p.pid, "reason", m.sickWhy, "next_attempt_in", delay.Round(time.Millisecond).String())
+	m.retryAt = time.After(delay)
 }
 
 // stop drains every process of the slot; the slot ends when they are gone.
 func (m *machine) stop(why error) {
 	m.stopping = true
-	m.restartAt, m.joinAt = nil, nil
+	m.restartAt, m.joinAt, m.retryAt = nil, nil, nil
 	m.finish(why)
 	for _, p := range []*process{m.next, m.cur} {
 		if p != nil {
@@ -403,6 +450,9 @@ func (m *machine) event(e procEvent) error {
 		if e.kind == evUnhealthy {
 			reason = e.err.Error()
 			m.log.Warn("worker is unhealthy; replacing it", "pid", p.pid, "reason", reason)
+			// Its watchers have stopped: from here the slot sees to it
+			// that it is replaced, trying again if a replacement fails.
+			m.sick, m.sickWhy = p, reason
 		}
 		m.command(slotCmd{kind: cmdReplace, reason: reason, done: e.done})
 
@@ -439,6 +489,7 @@ func (m *machine) event(e procEvent) error {
 func (m *machine) promote() {
 	old := m.cur
 	m.cur, m.next = m.next, nil
+	m.sick, m.retryAt = nil, nil
 	m.current.Store(m.cur)
 	m.publish(func(i *WorkerInfo) {
 		i.PID, i.NextPID, i.State, i.Started, i.Ready = m.cur.pid, 0, StateReady, m.cur.started, true
@@ -482,11 +533,15 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 			m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "err", why)
 		}
 		m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
+		if !expected {
+			m.sickFailed()
+		}
 		return nil
 	}
 
 	// p is the slot's worker.
 	m.cur = nil
+	m.sick, m.retryAt = nil, nil
 	m.current.CompareAndSwap(p, nil)
 	m.sup.setLive(m.id, false)
 	m.joinAt = nil

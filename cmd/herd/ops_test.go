@@ -335,3 +335,37 @@ func TestProxyReloadsFailNothing(t *testing.T) {
 		})
 	}
 }
+
+// A worker found unhealthy is replaced even when the first replacement
+// fails: the slot tries again after a backoff delay, instead of leaving
+// the sick worker serving, unchecked, for good.
+func TestUnhealthyWorkerIsReplacedAfterAFailedReplacement(t *testing.T) {
+	t.Parallel()
+	broken := filepath.Join(t.TempDir(), "broken")
+	h := startHerd(t, []string{"TEST_NOT_READY_IF=" + broken}, argv("-w", "1", "-l", "127.0.0.1:0",
+		"--ready-timeout", "500ms", "--health", "http:/health", "--health-interval", "100ms", "--health-failures", "2", worker("lib"))...)
+	ctl := controlOf(t, h)
+	sick := waitWorkers(t, ctl, 1).Workers[0].PID
+	// New workers are broken until the first replacement has failed.
+	os.WriteFile(broken, nil, 0o644)
+	if code, _, stderr := herdCtl(t, ctl, "send", "0", `{"type":"sick"}`); code != 0 {
+		t.Fatalf("herd send: exit %d: %s", code, stderr)
+	}
+	h.WaitLog(fmt.Sprintf(`msg="worker is unhealthy; replacing it" worker=0 pid=%d`, sick), 20*time.Second)
+	h.WaitLog(`msg="replacement failed; the old worker keeps serving"`, 20*time.Second)
+	os.Remove(broken)
+	var st statusView
+	if !herdtest.Eventually(30*time.Second, func() bool {
+		st = status(t, ctl)
+		w := st.Workers[0]
+		return w.PID != sick && w.Ready && w.NextPID == 0
+	}) {
+		t.Fatalf("the unhealthy worker %d was not replaced after its first replacement failed: %+v", sick, st.Workers)
+	}
+	if !strings.Contains(h.Stderr(), `msg="trying again to replace the unhealthy worker"`) {
+		t.Error("the retry is not logged")
+	}
+	if !herdtest.Eventually(10*time.Second, func() bool { return !herdtest.Alive(sick) }) {
+		t.Errorf("the unhealthy worker %d still runs after its replacement is ready", sick)
+	}
+}
