@@ -339,6 +339,8 @@ func (w *Worker) Close() error {
 // loop.
 type workerEnd Worker
 
+// Message handles one message from the primary: the protocol's own, and
+// the rest for OnMessage.
 func (e *workerEnd) Message(m ipc.Message) {
 	w := (*Worker)(e)
 	switch m.Type {
@@ -375,6 +377,8 @@ func (e *workerEnd) Message(m ipc.Message) {
 // EndBatch passes on the tasks of one read of the channel (see readTask).
 func (e *workerEnd) EndBatch() { (*Worker)(e).queueTasks() }
 
+// Bad reports a line from the primary that is not a message; the channel
+// goes on with the next line.
 func (e *workerEnd) Bad(err error) {
 	fmt.Fprintf(os.Stderr, "herd worker: dropped a message from the primary: %v\n", err)
 }
@@ -393,6 +397,8 @@ type onceCloseListener struct {
 	err  error
 }
 
+// Close closes the listener the first time; later calls return the first
+// call's result.
 func (l *onceCloseListener) Close() error {
 	l.once.Do(func() { l.err = l.Listener.Close() })
 	return l.err
