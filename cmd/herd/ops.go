@@ -126,14 +126,90 @@ func newScaleCmd() *cobra.Command {
 	cmd, _ := clientCmd("scale [flags] N|+K|-K", "Change the number of workers of a running cluster",
 		`Set the number of workers to N, or add or remove K. New workers start at
 once; removed ones (the highest ids) drain and stop.`,
-		"  herd scale 8\n  herd scale +1\n  herd scale -- -2", 1,
+		"  herd scale 8\n  herd scale +1\n  herd scale -2", 1,
 		func(cmd *cobra.Command, path string, args []string) error {
 			if _, err := scaleTarget(args[0], 1<<20); err != nil {
 				return usageError{err}
 			}
 			return callControl(cmd.Context(), path, "scale", map[string]string{"to": args[0]}, nil)
 		})
+	// "-2" would be taken for a flag (a shorthand "2") and refused: the
+	// command parses its own flags, keeping -K as the argument it is.
+	cmd.DisableFlagParsing = true
+	validate, run := cmd.Args, cmd.RunE
+	cmd.Args = nil
+	cmd.RunE = func(cmd *cobra.Command, raw []string) error {
+		args, err := parseKeepingNegatives(cmd, raw)
+		if err != nil {
+			return cmd.FlagErrorFunc()(cmd, err)
+		}
+		if help, _ := cmd.Flags().GetBool("help"); help {
+			return cmd.Help()
+		}
+		if err := validate(cmd, args); err != nil {
+			return err
+		}
+		return run(cmd, args)
+	}
 	return cmd
+}
+
+// parseKeepingNegatives parses raw with cmd's flags, except that an
+// argument like "-2" (a negative number) is an argument, not a flag. It
+// returns the arguments.
+func parseKeepingNegatives(cmd *cobra.Command, raw []string) ([]string, error) {
+	fs := cmd.Flags()
+	var flags, negatives []string
+	for i := 0; i < len(raw); i++ {
+		a := raw[i]
+		switch {
+		case a == "--":
+			flags = append(flags, raw[i:]...)
+			i = len(raw)
+		case isNegativeNumber(a):
+			negatives = append(negatives, a)
+		default:
+			flags = append(flags, a)
+			if takesNextValue(cmd, a) && i+1 < len(raw) {
+				// The value of --name or --control is theirs, even "-2".
+				i++
+				flags = append(flags, raw[i])
+			}
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return append(fs.Args(), negatives...), nil
+}
+
+func isNegativeNumber(s string) bool {
+	if len(s) < 2 || s[0] != '-' {
+		return false
+	}
+	for _, r := range s[1:] {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// takesNextValue reports whether a is one of cmd's flags, given without
+// "=", that takes a value, which is then the next argument.
+func takesNextValue(cmd *cobra.Command, a string) bool {
+	fs := cmd.Flags()
+	switch {
+	case strings.HasPrefix(a, "--") && !strings.Contains(a, "="):
+		if f := fs.Lookup(a[2:]); f != nil {
+			return f.NoOptDefVal == ""
+		}
+	case len(a) == 2 && a[0] == '-':
+		if f := fs.ShorthandLookup(a[1:]); f != nil {
+			return f.NoOptDefVal == ""
+		}
+	}
+	return false
 }
 
 func newStopCmd() *cobra.Command {

@@ -59,15 +59,25 @@ func TestStatusFollowsScaling(t *testing.T) {
 	if st.PID != h.Cmd.Process.Pid || len(st.Listeners) != 1 || st.Listeners[0].Sockets != 2 {
 		t.Errorf("status %+v", st)
 	}
+	scale := func(arg ...string) func() {
+		return func() {
+			if code, _, stderr := herdCtl(t, ctl, append([]string{"scale"}, arg...)...); code != 0 {
+				t.Fatalf("herd scale %v: exit %d: %s", arg, code, stderr)
+			}
+		}
+	}
 	steps := []struct {
 		do   func()
 		want int
 	}{
-		{func() { herdCtl(t, ctl, "scale", "+2") }, 4},
-		{func() { herdCtl(t, ctl, "scale", "--", "-1") }, 3},
-		{func() { herdCtl(t, ctl, "scale", "1") }, 1},
-		{func() { h.Signal(syscall.SIGTTIN) }, 2},
-		{func() { h.Signal(syscall.SIGTTOU) }, 1},
+		{scale("+2"), 4},
+		{scale("-1"), 3}, // not taken for a flag
+		{scale("1"), 1},
+		{scale("--name", "ignored", "--control", ctl, "+2"), 3},
+		{scale("--", "-1"), 2},
+		{func() { h.Signal(syscall.SIGTTIN) }, 3},
+		{func() { h.Signal(syscall.SIGTTOU) }, 2},
+		{scale("-1"), 1},
 	}
 	for _, step := range steps {
 		step.do()
@@ -78,8 +88,13 @@ func TestStatusFollowsScaling(t *testing.T) {
 			}
 		}
 	}
+	// -K is an argument, but --help is still help.
+	code, stdout, stderr := herdCtl(t, ctl, "scale", "--help")
+	if code != 0 || !strings.Contains(stdout, "herd scale [flags] N|+K|-K") || !strings.Contains(stdout, "--name") || stderr != "" {
+		t.Errorf("herd scale --help: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 	// The table form has a header and a line per worker.
-	code, stdout, _ := herdCtl(t, ctl, "status")
+	code, stdout, _ = herdCtl(t, ctl, "status")
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	if code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], "WORKER") || !strings.Contains(lines[1], "ready") {
 		t.Errorf("herd status printed %q", stdout)
@@ -268,7 +283,9 @@ func TestOperationErrorsAreOneClearLine(t *testing.T) {
 		{"restart missing worker", ctl, []string{"restart", "9"}, 1, "no such worker 9"},
 		{"restart bad id", ctl, []string{"restart", "x"}, 2, "WORKER must be a worker id"},
 		{"scale to zero", ctl, []string{"scale", "0"}, 2, "at least 1 must run"},
-		{"scale below one", ctl, []string{"scale", "--", "-5"}, 1, "at least 1 must run"},
+		{"scale below one", ctl, []string{"scale", "-5"}, 1, "at least 1 must run"},
+		{"scale unknown flag", ctl, []string{"scale", "--bogus", "2"}, 2, "unknown flag: --bogus"},
+		{"scale two numbers", ctl, []string{"scale", "-1", "-2"}, 2, "scale takes 1 argument(s), got 2"},
 		{"scale nonsense", ctl, []string{"scale", "many"}, 2, "is not N, +K or -K"},
 		{"status extra argument", ctl, []string{"status", "x"}, 2, "takes 0 argument"},
 		{"reload nothing running", nowhere, []string{"reload"}, 1, "no herd is running"},
