@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -324,4 +325,45 @@ func TestScale(t *testing.T) {
 		t.Errorf("Scale(0): %v, want ErrBadOptions", err)
 	}
 	stop()
+}
+
+// A worker killed for not becoming ready is a failed start: however long
+// --ready-timeout let it run, it never served, so it does not clear the
+// slot's backoff as a worker that stayed up would. Here the readiness
+// timeout is longer than BackoffReset; the slot must still back off.
+func TestNeverReadyWorkerBacksOff(t *testing.T) {
+	ev := &events{}
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("sleep"), // holds its socket, never accepts
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Ready:   herd.Readiness{Timeout: 300 * time.Millisecond},
+		Restart: herd.RestartPolicy{BackoffReset: 100 * time.Millisecond},
+		OnEvent: ev.add,
+	})
+	var delays []time.Duration
+	herdtest.Eventually(20*time.Second, func() bool {
+		delays = ev.restartDelays()
+		return len(delays) >= 3
+	})
+	if len(delays) < 3 || delays[2] == 0 {
+		t.Fatalf("restart delays %v: want the third failed start in a row to wait", delays)
+	}
+	if w := s.Workers()[0]; w.Restarts < 3 || !strings.Contains(w.LastError, "did not become ready: not ready within 300ms") {
+		t.Errorf("status after 3 failed starts: restarts %d, last error %q", w.Restarts, w.LastError)
+	}
+	stop()
+}
+
+// restartDelays returns the Delay of every EventRestart, in order.
+func (e *events) restartDelays() []time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []time.Duration
+	for _, ev := range e.all {
+		if ev.Kind == herd.EventRestart {
+			out = append(out, ev.Delay)
+		}
+	}
+	return out
 }

@@ -59,12 +59,13 @@ type process struct {
 	stdin io.Closer
 
 	// Owned by the slot's goroutine.
-	running    bool  // the worker command runs (exec succeeded)
-	ready      bool  // it said or showed it serves
-	asked      bool  // it was asked to stop
-	exited     bool  // reaped
-	execErr    error // the trampoline could not exec the command
-	notReady   error // why it was killed before it was ready
+	reason     string // why it was started, when it replaces another
+	running    bool   // the worker command runs (exec succeeded)
+	ready      bool   // it said or showed it serves
+	asked      bool   // it was asked to stop
+	exited     bool   // reaped
+	execErr    error  // the trampoline could not exec the command
+	notReady   error  // why it was killed before it was ready
 	stopTimer  *time.Timer
 	readyTimer *time.Timer
 

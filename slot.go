@@ -269,6 +269,7 @@ func (m *machine) command(cmd slotCmd) {
 			cmd.reply(fmt.Errorf("worker %d: %w", m.id, err))
 			return
 		}
+		p.reason = cmd.reason
 		m.log.Info("starting a replacement", "reason", cmd.reason, "pid", p.pid, "old_pid", m.cur.pid)
 		m.next, m.pending = p, append(m.pending, cmd)
 		m.publish(func(i *WorkerInfo) { i.NextPID = p.pid })
@@ -301,20 +302,20 @@ func (m *machine) retrySick() {
 	m.log.Warn("trying again to replace the unhealthy worker", "pid", p.pid, "reason", m.sickWhy)
 	m.command(slotCmd{kind: cmdReplace, reason: m.sickWhy})
 	if m.next == nil && len(m.pending) == 0 {
-		m.sickFailed() // it could not even be started
+		m.sickFailed(m.backoff.Next(0)) // it could not even be started
 	}
 }
 
 // sickFailed schedules the next attempt to replace the sick worker after
-// a failed one, after the slot's backoff delay (at least its first step,
-// so that a replacement that fails at once is not retried in a loop).
-func (m *machine) sickFailed() {
+// a failed one, after delay, the slot's backoff delay (at least its first
+// step, so that a replacement that fails at once is not retried in a
+// loop).
+func (m *machine) sickFailed(delay time.Duration) {
 	p := m.sick
 	if p == nil || p != m.cur || p.asked || m.stopping {
 		return
 	}
-	r := m.sup.opts.Restart
-	delay := max(m.backoff.Next(0), r.BackoffInitial)
+	delay = max(delay, m.sup.opts.Restart.BackoffInitial)
 	m.log.Warn("the unhealthy worker keeps serving until a replacement is ready", "pid", p.pid, "reason", m.sickWhy, "next_attempt_in", delay.Round(time.Millisecond).String())
 	m.retryAt = time.After(delay)
 }
@@ -425,7 +426,7 @@ func (m *machine) event(e procEvent) error {
 			return nil
 		}
 		if p == m.cur {
-			m.publish(func(i *WorkerInfo) { i.State, i.Ready = StateReady, true })
+			m.publish(func(i *WorkerInfo) { i.State, i.Ready, i.LastError = StateReady, true, "" })
 			if m.backoff.Failures() >= 2 {
 				m.joinAt = time.After(probation)
 			} else {
@@ -460,8 +461,9 @@ func (m *machine) event(e procEvent) error {
 		// A worker that died on its own and is to be restarted at once
 		// gets its replacement now, not after its output and channel are
 		// drained: every millisecond here is one its clients wait.
-		if p == m.cur && p.running && !p.asked && !m.stopping && m.next == nil && m.backoff.AtOnce(time.Since(p.started)) {
+		if p == m.cur && p.running && !p.asked && !m.stopping && m.next == nil && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {
 			if np, err := m.sup.startProcess(m.slot); err == nil {
+				np.reason = "its worker exited"
 				m.next = np
 				m.publish(func(i *WorkerInfo) { i.NextPID = np.pid })
 			}
@@ -492,7 +494,7 @@ func (m *machine) promote() {
 	m.sick, m.retryAt = nil, nil
 	m.current.Store(m.cur)
 	m.publish(func(i *WorkerInfo) {
-		i.PID, i.NextPID, i.State, i.Started, i.Ready = m.cur.pid, 0, StateReady, m.cur.started, true
+		i.PID, i.NextPID, i.State, i.Started, i.Ready, i.LastError = m.cur.pid, 0, StateReady, m.cur.started, true, ""
 	})
 	m.sup.setLive(m.id, true)
 	if old != nil {
@@ -525,17 +527,24 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 	case p == m.next:
 		m.next = nil
 		m.publish(func(i *WorkerInfo) { i.NextPID = 0 })
-		why := p.notReady
-		if why == nil {
-			why = fmt.Errorf("it exited first (%s)", status)
+		why := notReadyWhy(p, status)
+		if expected {
+			// Stopped with the slot: nothing failed.
+			m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
+			return nil
 		}
-		if !expected {
-			m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "err", why)
-		}
+		m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "reason", p.reason, "err", why)
+		// A failed start, as if it had been the slot's only worker: it is
+		// counted, and it moves the slot's backoff on (it never stayed
+		// up), which delays the next attempt the slot makes by itself. It
+		// does not count towards --max-restarts: the old worker serves.
+		delay := m.backoff.Next(0)
+		m.publish(func(i *WorkerInfo) {
+			i.Restarts++
+			i.LastError = fmt.Sprintf("replacement pid %d (%s) did not become ready: %v", p.pid, p.reason, why)
+		})
 		m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
-		if !expected {
-			m.sickFailed()
-		}
+		m.sickFailed(delay)
 		return nil
 	}
 
@@ -566,8 +575,14 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		return fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",
 			m.id, ErrCrashLoop, r.MaxRestarts, r.Window, status)
 	}
-	m.publish(func(i *WorkerInfo) { i.Restarts++ })
-	delay := m.backoff.Next(uptime)
+	why := notReadyWhy(p, status)
+	m.publish(func(i *WorkerInfo) {
+		i.Restarts++
+		if !p.ready {
+			i.LastError = fmt.Sprintf("worker pid %d did not become ready: %v", p.pid, why)
+		}
+	})
+	delay := m.backoff.Next(stayedUp(p, uptime))
 	if m.next != nil {
 		// A replacement is starting already (a reload, or started when
 		// the leader died): it takes over.
@@ -580,10 +595,6 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		return nil
 	}
 	m.sup.emit(p, Event{Kind: EventRestart, Delay: delay})
-	why := p.notReady
-	if why == nil {
-		why = fmt.Errorf("it exited first (%s)", status)
-	}
 	m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
 	if delay > 0 {
 		m.log.Warn("worker is crash-looping", "exits_in_a_row", m.backoff.Failures(), "next_start_in", delay.Round(time.Millisecond).String())
@@ -593,6 +604,28 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 	}
 	m.restart()
 	return nil
+}
+
+// notReadyWhy says why p, which exited with status, was not (or is no
+// longer) ready.
+func notReadyWhy(p *process, status string) error {
+	switch {
+	case p.notReady != nil:
+		return p.notReady
+	case p.execErr != nil:
+		return fmt.Errorf("cannot run the worker command: %w", p.execErr)
+	}
+	return fmt.Errorf("it exited first (%s)", status)
+}
+
+// stayedUp is how long p counts as having been up for the backoff: its
+// uptime once it was ready, nothing if it never was (a worker killed at
+// --ready-timeout has run long, but never served).
+func stayedUp(p *process, uptime time.Duration) time.Duration {
+	if !p.ready {
+		return 0
+	}
+	return uptime
 }
 
 func (m *machine) removeOld(p *process) bool {

@@ -39,11 +39,22 @@ type WorkerInfo struct {
 	State WorkerState
 	// Started is when the current worker started.
 	Started time.Time
-	// Restarts counts the slot's unexpected exits that were restarted.
+	// Restarts counts the slot's failed workers: each worker of the slot
+	// that exited without being asked to, or was killed for not becoming
+	// ready within Readiness.Timeout, whether it was serving, starting
+	// after an exit, or a replacement (a reload, a restart, a health,
+	// memory or lifetime replacement) that never became ready. Workers
+	// herd stopped on purpose are not counted.
 	Restarts int
-	// LastExit describes how the previous worker ended ("exit status 1",
-	// "signal: killed"), empty if none has.
+	// LastExit describes how the slot's previous worker ended ("exit
+	// status 1", "signal: killed"), empty if none has. A replacement that
+	// failed is not the slot's worker: see LastError.
 	LastExit string
+	// LastError says why the slot's last new worker failed to start (a
+	// replacement or a restarted worker that exited, or was killed, before
+	// it was ready), naming its pid and, for a replacement, what asked
+	// for it; empty once a worker of the slot has become ready since.
+	LastError string
 	// Ready says the worker passed its readiness rule (Options.Ready).
 	Ready bool
 	// NextPID is the replacement being started (a reload, a restart, an

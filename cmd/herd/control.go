@@ -166,6 +166,7 @@ type workerView struct {
 	UptimeSec  float64 `json:"uptime_seconds"`
 	Restarts   int     `json:"restarts"`
 	LastExit   string  `json:"last_exit,omitempty"`
+	LastError  string  `json:"last_error,omitempty"`
 	RSSBytes   uint64  `json:"rss_bytes"`
 	CPUPercent float64 `json:"cpu_percent"`
 	NextPID    int     `json:"next_pid,omitempty"`
@@ -189,7 +190,7 @@ func statusOf(sup *herd.Supervisor) statusView {
 	for _, w := range sup.Workers() {
 		wv := workerView{
 			ID: w.ID, PID: w.PID, State: w.State.String(), Ready: w.Ready,
-			UptimeSec: w.Uptime().Round(time.Millisecond).Seconds(), Restarts: w.Restarts, LastExit: w.LastExit,
+			UptimeSec: w.Uptime().Round(time.Millisecond).Seconds(), Restarts: w.Restarts, LastExit: w.LastExit, LastError: w.LastError,
 			RSSBytes: w.RSS, CPUPercent: float64(int(w.CPU*10)) / 10, NextPID: w.NextPID, Conns: w.Conns,
 		}
 		if w.PID != 0 {

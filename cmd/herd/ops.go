@@ -38,7 +38,7 @@ func clientCmd(use, short, long, example string, nargs int, run func(cmd *cobra.
 func newStatusCmd() *cobra.Command {
 	var asJSON bool
 	cmd, _ := clientCmd("status [flags]", "Show the workers of a running cluster",
-		"Show each worker slot of a running cluster: pid, state, uptime, restarts, last exit, memory and CPU.",
+		"Show each worker slot of a running cluster: pid, state, uptime, failed workers (restarts), last exit, memory, CPU, and why its last new worker failed to start.",
 		"  herd status\n  herd status --name api --json", 0,
 		func(cmd *cobra.Command, path string, _ []string) error {
 			var st statusView
@@ -63,7 +63,7 @@ func newStatusCmd() *cobra.Command {
 
 func printStatus(out io.Writer, st statusView) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT\tRSS\tCPU")
+	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT\tRSS\tCPU\tLAST ERROR")
 	for _, w := range st.Workers {
 		state := w.State
 		if w.NextPID != 0 {
@@ -74,13 +74,16 @@ func printStatus(out io.Writer, st statusView) {
 			pid = strconv.Itoa(w.PID)
 			uptime = (time.Duration(w.UptimeSec * float64(time.Second))).Round(time.Second).String()
 		}
-		last := w.LastExit
-		if last == "" {
-			last = "-"
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.1f%%\n", w.ID, pid, state, uptime, w.Restarts, last, humanBytes(w.RSSBytes), w.CPUPercent)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%.1f%%\t%s\n", w.ID, pid, state, uptime, w.Restarts, orDash(w.LastExit), humanBytes(w.RSSBytes), w.CPUPercent, orDash(w.LastError))
 	}
 	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func humanBytes(n uint64) string {

@@ -184,6 +184,35 @@ func TestFailedReloadKeepsTheOldWorkers(t *testing.T) {
 		t.Error("herd's log does not say the reload failed")
 	}
 	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
+
+	// Status says why, and counts the replacement as a failed start; the
+	// slot's own worker did not exit, so last_exit stays empty.
+	w0, w1 := after.Workers[0], after.Workers[1]
+	if !strings.Contains(w0.LastError, "(reload) did not become ready: not ready within 500ms") || w0.Restarts != 1 || w0.LastExit != "" {
+		t.Errorf("worker 0 after a failed reload: last_error %q, restarts %d, last_exit %q; want the reason, 1 and none", w0.LastError, w0.Restarts, w0.LastExit)
+	}
+	if w1.LastError != "" || w1.Restarts != 0 {
+		t.Errorf("worker 1, never tried: last_error %q, restarts %d", w1.LastError, w1.Restarts)
+	}
+	code, stdout, _ := herdCtl(t, ctl, "status")
+	if code != 0 || !strings.Contains(stdout, "LAST ERROR") || !strings.Contains(stdout, "did not become ready: not ready within 500ms") {
+		t.Errorf("herd status table: %q, want a LAST ERROR column with the reason", stdout)
+	}
+
+	// A reload that works replaces every worker and clears the error.
+	os.Remove(broken)
+	if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+		t.Fatalf("reload to fixed workers: exit %d: %s", code, stderr)
+	}
+	fixed := waitWorkers(t, ctl, 2)
+	for i, w := range fixed.Workers {
+		if w.LastError != "" || w.PID == before.Workers[i].PID {
+			t.Errorf("worker %d after a good reload: %+v", i, w)
+		}
+	}
+	if fixed.Workers[0].Restarts != 1 {
+		t.Errorf("worker 0 restarts %d after a good reload, want still 1 (a count, not a state)", fixed.Workers[0].Restarts)
+	}
 }
 
 func TestRestartStopAndLogs(t *testing.T) {
