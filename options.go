@@ -157,7 +157,10 @@ const (
 	ReadyMessage ReadyMode = "message"
 	// ReadyListen: when the worker's processes wait for connections on
 	// every socket the worker was given, as seen in /proc (epoll sets,
-	// accept, poll and select); no connection is made (Linux only).
+	// accept, poll and select); no connection is made (Linux only). In
+	// BalanceProxy: when the worker's own port accepts a connection. It
+	// needs sockets to watch: New refuses it in the hand-over modes and
+	// without listeners.
 	ReadyListen ReadyMode = "listen"
 	// ReadyHTTP: when GET Path answers 2xx (sent to this worker's own
 	// socket, see HealthCheck).
@@ -364,6 +367,12 @@ func (o Options) validate() error {
 		return bad("restart window must not be negative")
 	case o.Ready.Mode == ReadyHTTP && !strings.HasPrefix(o.Ready.Path, "/"):
 		return bad("readiness http needs a path starting with /, got %q", o.Ready.Path)
+	case o.Ready.Mode == ReadyListen && o.Balance.handsOff():
+		// Watched for nothing, the worker would never be ready and would
+		// be killed at the readiness timeout, again and again.
+		return bad("readiness listen waits for a worker to accept on its sockets, and in --balance %s workers get none (the primary accepts): use message (herd.ready) or delay:DURATION", o.Balance)
+	case o.Ready.Mode == ReadyListen && len(o.Listen) == 0 && o.Balance != BalanceProxy:
+		return bad("readiness listen waits for a worker to accept on its sockets, and there are none (no listener, -l): use message (herd.ready) or delay:DURATION")
 	case o.Ready.Timeout < 0 || o.Ready.Delay < 0:
 		return bad("readiness delay and timeout must not be negative")
 	case o.Health.Kind != "" && o.Health.Kind != HealthHTTP && o.Health.Kind != HealthTCP:

@@ -321,6 +321,8 @@ func TestOperationErrorsAreOneClearLine(t *testing.T) {
 		{"bad readiness", ctl, []string{"run", "--ready", "soon", "--", "true"}, 2, "--ready"},
 		{"bad health", ctl, []string{"run", "--health", "udp", "--", "true"}, 2, "--health"},
 		{"bad memory", ctl, []string{"run", "--max-memory", "lots", "--", "true"}, 2, "--max-memory"},
+		{"ready listen without sockets", nowhere, []string{"run", "--ready", "listen", "--", "true"}, 2, "readiness listen waits for a worker to accept on its sockets, and there are none"},
+		{"ready listen in a hand-over mode", nowhere, []string{"run", "--balance", "round-robin", "-l", "127.0.0.1:0", "--ready", "listen", "--", "true"}, 2, "in --balance round-robin workers get none"},
 		{"health without per-worker sockets", nowhere, []string{"run", "--balance", "shared", "-w", "2", "-l", "127.0.0.1:0", "--health", "tcp", "--", "true"}, 2, "need a TCP listener"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
