@@ -367,3 +367,35 @@ func (e *events) restartDelays() []time.Duration {
 	}
 	return out
 }
+
+// Options that could only make workers fail forever are refused by New.
+func TestOptionsThatCannotWorkAreRefused(t *testing.T) {
+	lib := testworker.Command("lib")
+	for _, tc := range []struct {
+		name string
+		opts herd.Options
+		want string
+	}{
+		{"jitter as long as the lifetime", herd.Options{MaxLifetime: time.Minute, LifetimeJitter: time.Minute}, "lifetime jitter 1m0s must be less than the max lifetime 1m0s"},
+		{"jitter without a lifetime", herd.Options{LifetimeJitter: time.Second}, "without a max lifetime"},
+		{"listen readiness without sockets", herd.Options{Ready: herd.Readiness{Mode: herd.ReadyListen}}, "there are none"},
+		{"listen readiness in a hand-over mode", herd.Options{Ready: herd.Readiness{Mode: herd.ReadyListen}, Listen: []string{"127.0.0.1:0"}, Balance: herd.BalanceLeastConn}, "in --balance least-conn workers get none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Command, tc.opts.Workers = lib, 1
+			s, err := herd.New(tc.opts)
+			if err == nil {
+				s.Close()
+			}
+			if !errors.Is(err, herd.ErrBadOptions) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New: %v, want ErrBadOptions saying %q", err, tc.want)
+			}
+		})
+	}
+	// In proxy mode each worker has a port to watch.
+	s, err := herd.New(herd.Options{Command: lib, Workers: 1, Balance: herd.BalanceProxy, Ready: herd.Readiness{Mode: herd.ReadyListen}, MaxLifetime: time.Minute, LifetimeJitter: 59 * time.Second})
+	if err != nil {
+		t.Fatalf("listen readiness in proxy mode, jitter under the lifetime: %v", err)
+	}
+	s.Close()
+}

@@ -385,6 +385,12 @@ func (o Options) validate() error {
 		return bad("heartbeat timeout must be at least 300ms, got %v", o.Health.Heartbeat)
 	case o.MaxLifetime < 0 || o.LifetimeJitter < 0:
 		return bad("lifetime and jitter must not be negative")
+	case o.LifetimeJitter > 0 && o.MaxLifetime == 0:
+		return bad("lifetime jitter %v without a max lifetime: it varies the max lifetime, which is off", o.LifetimeJitter)
+	case o.LifetimeJitter > 0 && o.LifetimeJitter >= o.MaxLifetime:
+		// Jitter can take up to itself off the lifetime: a worker could
+		// then be recycled as soon as it is ready, again and again.
+		return bad("lifetime jitter %v must be less than the max lifetime %v", o.LifetimeJitter, o.MaxLifetime)
 	case o.ReloadBatch < 0:
 		return bad("reload batch must be at least 1, got %d", o.ReloadBatch)
 	case o.MaxMessage < 0 || o.MaxMessage > 1<<30:

@@ -323,6 +323,9 @@ func TestOperationErrorsAreOneClearLine(t *testing.T) {
 		{"bad memory", ctl, []string{"run", "--max-memory", "lots", "--", "true"}, 2, "--max-memory"},
 		{"ready listen without sockets", nowhere, []string{"run", "--ready", "listen", "--", "true"}, 2, "readiness listen waits for a worker to accept on its sockets, and there are none"},
 		{"ready listen in a hand-over mode", nowhere, []string{"run", "--balance", "round-robin", "-l", "127.0.0.1:0", "--ready", "listen", "--", "true"}, 2, "in --balance round-robin workers get none"},
+		{"jitter as long as the lifetime", nowhere, []string{"run", "--max-lifetime", "1m", "--lifetime-jitter", "1m", "--", "true"}, 2, "--lifetime-jitter 1m0s must be less than --max-lifetime 1m0s"},
+		{"jitter longer than the lifetime", nowhere, []string{"run", "--max-lifetime", "10s", "--lifetime-jitter", "1m", "--", "true"}, 2, "--lifetime-jitter 1m0s must be less than --max-lifetime 10s"},
+		{"jitter without a lifetime", nowhere, []string{"run", "--lifetime-jitter", "5s", "--", "true"}, 2, "--lifetime-jitter 5s needs --max-lifetime"},
 		{"health without per-worker sockets", nowhere, []string{"run", "--balance", "shared", "-w", "2", "-l", "127.0.0.1:0", "--health", "tcp", "--", "true"}, 2, "need a TCP listener"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

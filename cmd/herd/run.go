@@ -155,6 +155,16 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	if f.healthFailures < 1 {
 		return usageError{fmt.Errorf("--health-failures must be at least 1, got %d", f.healthFailures)}
 	}
+	switch {
+	case f.maxLifetime < 0 || f.lifetimeJitter < 0:
+		return usageError{fmt.Errorf("--max-lifetime and --lifetime-jitter must not be negative")}
+	case f.lifetimeJitter > 0 && f.maxLifetime == 0:
+		return usageError{fmt.Errorf("--lifetime-jitter %v needs --max-lifetime: it varies the lifetime, which is off", f.lifetimeJitter)}
+	case f.lifetimeJitter > 0 && f.lifetimeJitter >= f.maxLifetime:
+		// The jitter takes up to itself off the lifetime: workers could be
+		// recycled as soon as they are ready.
+		return usageError{fmt.Errorf("--lifetime-jitter %v must be less than --max-lifetime %v", f.lifetimeJitter, f.maxLifetime)}
+	}
 	if f.reloadBatch < 1 {
 		return usageError{fmt.Errorf("--reload-batch must be at least 1, got %d", f.reloadBatch)}
 	}
