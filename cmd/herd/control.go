@@ -26,23 +26,34 @@ type controlFlags struct {
 
 func (c *controlFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&c.name, "name", "", "name of the cluster, for its control socket (default: the worker command's base name)")
-	fl.StringVar(&c.path, "control", "", "control socket path (default: $HERD_CONTROL, else $XDG_RUNTIME_DIR/herd/NAME.sock or /tmp/herd-UID/NAME.sock)")
+	fl.StringVar(&c.name, "name", "", "name of the cluster, for its control socket (default: the worker command's base name); beats $HERD_CONTROL")
+	fl.StringVar(&c.path, "control", "", "control socket path (default: from --name, else $HERD_CONTROL, else $XDG_RUNTIME_DIR/herd/NAME.sock or /tmp/herd-UID/NAME.sock)")
 }
 
 // socket resolves the control socket path; command is the worker command
-// of herd run (nil for client commands, which need --name or --control
-// unless exactly one cluster runs).
+// of herd run (nil for client commands). What is said on the command line
+// beats the environment, which beats what herd would guess:
+//
+//  1. --control PATH;
+//  2. --name NAME: the default path for NAME;
+//  3. $HERD_CONTROL;
+//  4. herd run: the default path for the command's base name; a client
+//     command: the one cluster running, if exactly one is.
+//
+// So a HERD_CONTROL exported for one cluster (in a shell profile, or a
+// systemd unit's Environment=) does not stop --name from reaching another.
 func (c *controlFlags) socket(command []string) (string, error) {
 	if c.path != "" {
 		return c.path, nil
 	}
-	if env := os.Getenv("HERD_CONTROL"); env != "" && c.name == "" {
-		return env, nil
-	}
 	name := c.name
-	if name == "" && len(command) > 0 {
-		name = control.SanitizeName(filepath.Base(command[0]))
+	if name == "" {
+		if env := os.Getenv("HERD_CONTROL"); env != "" {
+			return env, nil
+		}
+		if len(command) > 0 {
+			name = control.SanitizeName(filepath.Base(command[0]))
+		}
 	}
 	if name == "" {
 		return onlyCluster()

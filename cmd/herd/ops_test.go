@@ -420,3 +420,76 @@ func TestUnhealthyWorkerIsReplacedAfterAFailedReplacement(t *testing.T) {
 		t.Errorf("the unhealthy worker %d still runs after its replacement is ready", sick)
 	}
 }
+
+// herdEnv runs the herd CLI with args and exactly the herd variables of
+// env (no HERD_CONTROL unless env has one), and returns its exit code and
+// output.
+func herdEnv(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HERD_CONTROL=") && !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HERD_TEST_AS_CLI=1")
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 20 * time.Second
+	timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	cmd.Run()
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+// The control socket is picked by --control, else --name, else
+// $HERD_CONTROL, else the default name: a flag on the command line beats
+// the environment, for herd run and the client commands alike.
+func TestControlSocketFlagsBeatTheEnvironment(t *testing.T) {
+	t.Parallel()
+	runtimeDir, err := os.MkdirTemp("", "hx") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runtimeDir) })
+	elsewhere := herdtest.ControlPath(t) // where HERD_CONTROL points: nothing runs there
+	explicit := herdtest.ControlPath(t)
+	env := []string{"HERD_CONTROL=" + elsewhere, "XDG_RUNTIME_DIR=" + runtimeDir}
+
+	// --name: the socket is the name's default path, not $HERD_CONTROL.
+	named := startHerd(t, env, argv("--name", "api", "-w", "1", worker("lib"))...)
+	byName := filepath.Join(runtimeDir, "herd", "api.sock")
+	if got := controlOf(t, named); got != byName {
+		t.Fatalf("herd run --name api listens on %s, want %s", got, byName)
+	}
+	// --control: that path, whatever the name and the variable say.
+	pathed := startHerd(t, env, argv("--control", explicit, "--name", "other", "-w", "1", worker("lib"))...)
+	if got := controlOf(t, pathed); got != explicit {
+		t.Fatalf("herd run --control %s listens on %s", explicit, got)
+	}
+	pids := map[string]int{"api": named.Cmd.Process.Pid, "explicit": pathed.Cmd.Process.Pid}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // whose status, or "" for none
+	}{
+		{"--name", []string{"--name", "api"}, "api"},
+		{"--control", []string{"--control", explicit}, "explicit"},
+		{"--control beats --name", []string{"--control", explicit, "--name", "api"}, "explicit"},
+		{"no flag: $HERD_CONTROL", nil, ""},
+	} {
+		code, stdout, stderr := herdEnv(t, env, append([]string{"status", "--json"}, tc.args...)...)
+		if tc.want == "" {
+			if code != 1 || !strings.Contains(stderr, "no herd is running") || !strings.Contains(stderr, elsewhere) {
+				t.Errorf("%s: exit %d, stderr %q; want the socket of $HERD_CONTROL (%s), where nothing runs", tc.name, code, stderr, elsewhere)
+			}
+			continue
+		}
+		var st statusView
+		if err := json.Unmarshal([]byte(stdout), &st); code != 0 || err != nil || st.PID != pids[tc.want] {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want the status of the %s cluster (pid %d)", tc.name, code, stdout, stderr, tc.want, pids[tc.want])
+		}
+	}
+}
