@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -398,4 +399,35 @@ func TestOptionsThatCannotWorkAreRefused(t *testing.T) {
 		t.Fatalf("listen readiness in proxy mode, jitter under the lifetime: %v", err)
 	}
 	s.Close()
+}
+
+// --ready listen and MaxMemory read /proc: on Linux New takes them; off
+// Linux it refuses them, saying so, rather than run workers that are
+// never ready or a limit that never applies.
+func TestLinuxOnlyOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts herd.Options
+		want string
+	}{
+		{"listen readiness", herd.Options{Ready: herd.Readiness{Mode: herd.ReadyListen}, Listen: []string{"127.0.0.1:0"}, Balance: herd.BalanceShared}, "only Linux has"},
+		{"max memory", herd.Options{MaxMemory: 100 << 20}, "only Linux has"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Command, tc.opts.Workers = testworker.Command("lib"), 1
+			s, err := herd.New(tc.opts)
+			if err == nil {
+				s.Close()
+			}
+			if runtime.GOOS == "linux" {
+				if err != nil {
+					t.Errorf("New on Linux: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, herd.ErrBadOptions) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), runtime.GOOS) {
+				t.Errorf("New on %s: %v, want ErrBadOptions saying %q", runtime.GOOS, err, tc.want)
+			}
+		})
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/herd-sh/herd/internal/ipc"
+	"github.com/herd-sh/herd/internal/probe"
+	"github.com/herd-sh/herd/internal/procstat"
 )
 
 // Balance is how connections are spread over the workers.
@@ -115,7 +117,8 @@ type Options struct {
 	// Health checks running workers; a worker that fails is replaced.
 	Health HealthCheck
 	// MaxMemory, when positive, replaces a worker whose process group's
-	// resident memory (RSS, summed) exceeds it, in bytes.
+	// resident memory (RSS, summed) exceeds it, in bytes. Linux only (it
+	// reads /proc): New refuses it elsewhere.
 	MaxMemory uint64
 	// MaxLifetime, when positive, replaces each worker after it has run
 	// that long, give or take a random LifetimeJitter, one worker at a time
@@ -151,7 +154,8 @@ type ReadyMode string
 const (
 	// ReadyAuto: ReadyMessage for a worker that speaks the protocol (it
 	// said herd.hello, as Go library workers do), else ReadyListen for a
-	// worker with sockets, else ready a second after its command started.
+	// worker with sockets on Linux, else (no sockets, or no /proc to
+	// watch them in) ready a second after its command started.
 	ReadyAuto ReadyMode = "auto"
 	// ReadyMessage: when the worker sends herd.ready.
 	ReadyMessage ReadyMode = "message"
@@ -367,6 +371,12 @@ func (o Options) validate() error {
 		return bad("restart window must not be negative")
 	case o.Ready.Mode == ReadyHTTP && !strings.HasPrefix(o.Ready.Path, "/"):
 		return bad("readiness http needs a path starting with /, got %q", o.Ready.Path)
+	case o.Ready.Mode == ReadyListen && o.Balance != BalanceProxy && !probe.Supported:
+		// Accepting always fails here: the worker would never be ready.
+		return bad("readiness listen looks in /proc for what the worker waits on, which only Linux has (this is %s): use message (herd.ready), http:/PATH or delay:DURATION", runtime.GOOS)
+	case o.MaxMemory > 0 && !procstat.Supported:
+		// Without samples the limit would silently never apply.
+		return bad("--max-memory samples the workers' memory from /proc, which only Linux has (this is %s)", runtime.GOOS)
 	case o.Ready.Mode == ReadyListen && o.Balance.handsOff():
 		// Watched for nothing, the worker would never be ready and would
 		// be killed at the readiness timeout, again and again.

@@ -16,6 +16,9 @@ const sampleEvery = 2 * time.Second
 // sample reads every worker's memory and CPU use until ctx ends, for
 // Workers and for MaxMemory.
 func (s *Supervisor) sample(ctx context.Context) {
+	if !procstat.Supported {
+		return // no figures here; New refused MaxMemory
+	}
 	every := sampleEvery
 	if s.opts.MaxMemory > 0 {
 		every = time.Second

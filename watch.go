@@ -86,6 +86,15 @@ func (s *Supervisor) watchReadiness(p *process) {
 		}
 		inodes := s.socketInodes(p.slot)
 		auto := r.Mode == ReadyAuto
+		if !probe.Supported {
+			// No /proc to see the sockets waited on in (macOS, the BSDs):
+			// auto takes a plain worker for ready plainGrace after it
+			// started, as one without sockets. In shared mode, the only
+			// one there, nothing is lost if it is not accepting yet: the
+			// socket, and what queues on it, stays open in the primary.
+			// (New refused an explicit listen.)
+			inodes = nil
+		}
 		p.sl.watch(p, func() {
 			confirm := false
 			every(p, listenProbeEvery, func() bool {

@@ -10,6 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Supported says whether Accepting can tell anything on this system: it
+// can on Linux.
+const Supported = true
+
 // wait is what a blocked syscall can be waiting for, as waitOf (one per
 // architecture) classifies it.
 type wait int

@@ -16,4 +16,7 @@ func TestAcceptingUnsupported(t *testing.T) {
 	if ok || !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Accepting = %v, %v; want false and ErrUnsupported", ok, err)
 	}
+	if Supported {
+		t.Error("Supported is true where Accepting always fails")
+	}
 }

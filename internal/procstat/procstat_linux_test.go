@@ -92,6 +92,9 @@ func mustGroup(t *testing.T, pgid int) Sample {
 }
 
 func TestGroupMemoryProcsAndCPU(t *testing.T) {
+	if !Supported {
+		t.Fatal("Supported is false on Linux: herd would refuse --max-memory here")
+	}
 	h := startHelper(t)
 	base := mustGroup(t, h.pgid)
 	if base.Procs != 2 {

@@ -8,6 +8,10 @@ import (
 	"runtime"
 )
 
+// Supported says whether Groups can read anything on this system: not
+// without Linux's /proc.
+const Supported = false
+
 // scan fails: there is no /proc to read off Linux.
 func scan(map[int]bool) (map[int]Sample, error) {
 	return nil, fmt.Errorf("process statistics on %s: %w", runtime.GOOS, errors.ErrUnsupported)

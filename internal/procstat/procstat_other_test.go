@@ -12,4 +12,7 @@ func TestUnsupported(t *testing.T) {
 	if _, err := Group(os.Getpid()); !errors.Is(err, errors.ErrUnsupported) {
 		t.Fatalf("Group off Linux: %v, want ErrUnsupported", err)
 	}
+	if Supported {
+		t.Error("Supported is true where Groups always fails")
+	}
 }
