@@ -3,8 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -492,4 +495,190 @@ func TestControlSocketFlagsBeatTheEnvironment(t *testing.T) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want the status of the %s cluster (pid %d)", tc.name, code, stdout, stderr, tc.want, pids[tc.want])
 		}
 	}
+}
+
+// logIndex returns the index of the first of lines at or after from that
+// contains every one of parts, or -1.
+func logIndex(lines []string, from int, parts ...string) int {
+	for i := max(from, 0); i < len(lines); i++ {
+		all := true
+		for _, p := range parts {
+			if !strings.Contains(lines[i], p) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return i
+		}
+	}
+	return -1
+}
+
+// --reload-batch 2 replaces two workers at once, and the next two only
+// once both are ready; under load nothing fails. Readiness is a delay
+// here, so that a replacement is ready long (500 ms) after it starts: with
+// one at a time, the second would start only after the first is ready.
+func TestReloadBatch(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "4", "-l", "127.0.0.1:0", "--reload-batch", "2", "--ready", "delay:500ms", worker("lib"))...)
+	ctl := controlOf(t, h)
+	before := waitWorkers(t, ctl, 4)
+	addr := h.Addr("listen0")
+	keep := herdtest.StartLoad(addr, 4, true)
+	fresh := herdtest.StartLoad(addr, 2, false)
+	time.Sleep(200 * time.Millisecond)
+	if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, stderr)
+	}
+	after := waitWorkers(t, ctl, 4)
+	time.Sleep(200 * time.Millisecond)
+	k, f := keep.Stop(), fresh.Stop()
+	if k.Failed+f.Failed != 0 {
+		t.Errorf("%d keep-alive and %d new-connection requests failed; first: %v %v", k.Failed, f.Failed, k.Errors, f.Errors)
+	}
+	if k.OK < 50 || f.OK < 20 {
+		t.Errorf("only %d keep-alive and %d new-connection answers: the load did not run", k.OK, f.OK)
+	}
+	for i := range 4 {
+		if after.Workers[i].PID == before.Workers[i].PID {
+			t.Errorf("worker %d kept pid %d through the reload", i, before.Workers[i].PID)
+		}
+	}
+	lines := strings.Split(h.Stderr(), "\n")
+	start := logIndex(lines, 0, "msg=reloading", "batch=2")
+	begun, ready := map[int]int{}, map[int]int{}
+	for id := range 4 {
+		begun[id] = logIndex(lines, start, `msg="starting a replacement"`, fmt.Sprintf("worker=%d ", id), "reason=reload")
+		ready[id] = logIndex(lines, start, `msg="worker ready"`, fmt.Sprintf("worker=%d pid=%d ", id, after.Workers[id].PID))
+		if start < 0 || begun[id] < 0 || ready[id] < 0 {
+			t.Fatalf("reload of worker %d not logged (reloading at line %d, started %d, ready %d):\n%s", id, start, begun[id], ready[id], h.Stderr())
+		}
+	}
+	for _, pair := range [][2]int{{0, 1}, {2, 3}} {
+		a, b := pair[0], pair[1]
+		if begun[b] > ready[a] || begun[a] > ready[b] {
+			t.Errorf("workers %d and %d were not replaced together: started at lines %d and %d, ready at %d and %d", a, b, begun[a], begun[b], ready[a], ready[b])
+		}
+	}
+	if first := max(ready[0], ready[1]); begun[2] < first || begun[3] < first {
+		t.Errorf("the second batch started (lines %d, %d) before the first was ready (line %d)", begun[2], begun[3], first)
+	}
+}
+
+// --ready http:/PATH and --ready delay:DUR through the CLI. The lib
+// workers here serve but never say herd.ready (TEST_NOT_READY_IF), so
+// only the rule asked for can make them ready.
+func TestReadyHTTPAndDelay(t *testing.T) {
+	t.Parallel()
+	mute := filepath.Join(t.TempDir(), "mute")
+	os.WriteFile(mute, nil, 0o644)
+	env := []string{"TEST_NOT_READY_IF=" + mute}
+
+	t.Run("http", func(t *testing.T) {
+		t.Parallel()
+		h := startHerd(t, env, argv("-w", "2", "-l", "127.0.0.1:0", "--ready", "http:/health", worker("lib"))...)
+		ctl := controlOf(t, h)
+		before := waitWorkers(t, ctl, 2)
+		if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+			t.Fatalf("reload with HTTP readiness: exit %d: %s", code, stderr)
+		}
+		after := waitWorkers(t, ctl, 2)
+		for i := range 2 {
+			if after.Workers[i].PID == before.Workers[i].PID {
+				t.Errorf("worker %d kept pid %d through the reload", i, before.Workers[i].PID)
+			}
+		}
+	})
+	t.Run("http never answered", func(t *testing.T) {
+		t.Parallel()
+		// The sleep worker holds its socket and never accepts: the probe
+		// gets no answer, so the worker is never ready.
+		h := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", "--ready", "http:/health", "--ready-timeout", "1s", worker("sleep"))...)
+		line := h.WaitLog(`msg="worker did not become ready; killing it"`, 20*time.Second)
+		if !strings.Contains(line, "not ready within 1s (--ready http:/health)") {
+			t.Errorf("log line %q does not give the rule and the timeout", line)
+		}
+		if n := h.Count(`msg="worker ready"`); n != 0 {
+			t.Errorf("a worker that never answers was ready %d times", n)
+		}
+	})
+	t.Run("delay", func(t *testing.T) {
+		t.Parallel()
+		h := startHerd(t, env, argv("-w", "1", "-l", "127.0.0.1:0", "--ready", "delay:1500ms", worker("lib"))...)
+		ctl := controlOf(t, h)
+		pid := waitWorkers(t, ctl, 1).Workers[0].PID
+		line := h.WaitLog(fmt.Sprintf(`msg="worker ready" worker=0 pid=%d `, pid), 5*time.Second)
+		_, after, _ := strings.Cut(line, "after=")
+		if d, err := time.ParseDuration(strings.Fields(after + " ")[0]); err != nil || d < 1500*time.Millisecond {
+			t.Errorf("worker ready after %q, want at least the 1.5s delay (line %q)", after, line)
+		}
+	})
+}
+
+// portWorkerArg makes this test binary a worker that binds $PORT (see
+// portWorker) instead of running the tests.
+const portWorkerArg = "__portworker"
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == portWorkerArg {
+		os.Exit(portWorker())
+	}
+}
+
+// portWorker is an app for --balance proxy: it listens on $HOST:$PORT and
+// answers HTTP. SIGUSR1 makes it close its listener and go on running (an
+// app that stopped accepting, which only a probe of its port notices);
+// SIGTERM ends it.
+func portWorker() int {
+	l, err := net.Listen("tcp", net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT")))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "port worker:", err)
+		return 1
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from port %s pid %d\n", os.Getenv("PORT"), os.Getpid())
+	})}
+	go srv.Serve(l)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGTERM)
+	for sig := range sigs {
+		if sig == syscall.SIGTERM {
+			return 0
+		}
+		l.Close()
+	}
+	return 0
+}
+
+// --health tcp connects to each worker's own socket (here the worker's
+// port in proxy mode): a worker that accepts passes, one that stopped
+// accepting fails, is logged as unhealthy and replaced.
+func TestHealthTCP(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, "-w", "1", "--balance", "proxy", "-l", "127.0.0.1:0",
+		"--health", "tcp", "--health-interval", "100ms", "--health-failures", "2", "--", os.Args[0], portWorkerArg)
+	ctl := controlOf(t, h)
+	healthy := waitWorkers(t, ctl, 1).Workers[0].PID
+	// About ten checks of a worker that accepts: none fails.
+	time.Sleep(time.Second)
+	if n := h.Count(`msg="health check failed"`); n != 0 {
+		t.Fatalf("%d health checks of a healthy worker failed:\n%s", n, h.Stderr())
+	}
+	if pid := status(t, ctl).Workers[0].PID; pid != healthy {
+		t.Fatalf("the healthy worker %d was replaced by %d", healthy, pid)
+	}
+	syscall.Kill(healthy, syscall.SIGUSR1) // it stops accepting
+	line := h.WaitLog(fmt.Sprintf(`msg="worker is unhealthy; replacing it" worker=0 pid=%d `, healthy), 20*time.Second)
+	if !strings.Contains(line, "failed 2 health checks in a row") || !strings.Contains(line, "connection refused") {
+		t.Errorf("unhealthy line %q does not say why", line)
+	}
+	var st statusView
+	if !herdtest.Eventually(20*time.Second, func() bool {
+		st = status(t, ctl)
+		return st.Workers[0].PID != healthy && st.Workers[0].Ready
+	}) {
+		t.Fatalf("the worker that stopped accepting was not replaced: %+v", st.Workers)
+	}
+	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
 }
