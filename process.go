@@ -67,6 +67,7 @@ type process struct {
 	execErr    error  // the trampoline could not exec the command
 	notReady   error  // why it was killed before it was ready
 	stopTimer  *time.Timer
+	askTimer   *time.Timer // proxy mode: asks it to stop after the handover grace
 	readyTimer *time.Timer
 
 	// draining makes the waiter give the rest of the group time to finish

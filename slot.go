@@ -369,7 +369,7 @@ func (m *machine) drain(p *process) {
 		grace = proxyHandoverGrace // it may have been a backend until now
 	}
 	if grace > 0 {
-		time.AfterFunc(grace, func() { m.post(procEvent{p: p, kind: evAskStop}) })
+		p.askTimer = time.AfterFunc(grace, func() { m.post(procEvent{p: p, kind: evAskStop}) })
 	} else {
 		m.askStop(p)
 	}
@@ -508,6 +508,9 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 	p.exited = true
 	if p.stopTimer != nil {
 		p.stopTimer.Stop()
+	}
+	if p.askTimer != nil {
+		p.askTimer.Stop()
 	}
 	p.stopReadyTimer()
 	uptime := time.Since(p.started)
