@@ -129,7 +129,10 @@ func New(pool Pool, policy Policy, log *slog.Logger) *Proxy {
 	}
 	return &Proxy{
 		pool: pool, policy: policy, log: log,
-		dialer: net.Dialer{Timeout: dialTimeout},
+		// No keep-alive probes to a backend: it is on this host (a
+		// worker that dies resets its connections), and setting them up
+		// costs four system calls per connection.
+		dialer: net.Dialer{Timeout: dialTimeout, KeepAliveConfig: net.KeepAliveConfig{Enable: false}, KeepAlive: -1},
 		seed:   maphash.MakeSeed(),
 		open:   map[int]int{},
 	}

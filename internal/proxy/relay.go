@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 )
 
 // relay copies between client and backend both ways until both directions
@@ -57,14 +59,94 @@ func relay(ctx context.Context, client, backend net.Conn) error {
 }
 
 // pipe copies src to dst until src ends, then half-closes dst so its peer
-// sees the end too. io.Copy gets the connections' own types, so that it
-// can splice.
+// sees the end too.
+//
+// The first spliceAfter bytes go through a buffer, the rest by io.Copy,
+// which between the connections' own types moves them with splice(2)
+// inside the kernel. Most connections carry a request and its answer,
+// a few hundred bytes each way: for those, splice only adds work (a pipe
+// from a pool, and two calls per chunk where read and write make two
+// too). A bulk transfer is worth splicing, and gets there after its first
+// spliceAfter bytes.
 func pipe(dst, src net.Conn) error {
+	if err := copySmall(dst, src); err != nil {
+		if err == io.EOF {
+			return closeWrite(dst)
+		}
+		return err
+	}
 	if _, err := io.Copy(dst, src); err != nil {
 		return err
 	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+	return closeWrite(dst)
+}
+
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// spliceAfter is how much of a direction goes through a buffer before
+// the rest is spliced.
+const spliceAfter = 64 << 10
+
+// smallBufs are the buffers of copySmall; a connection holds one only
+// while it reads into it, not while it waits (idle connections cost no
+// buffer).
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// copySmall copies up to spliceAfter bytes (a little more: a whole read)
+// from src to dst. It returns io.EOF when src ended, nil when the rest is
+// for io.Copy, or the error that stopped it.
+func copySmall(dst, src net.Conn) error {
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	for copied := 0; copied < spliceAfter; {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		// The buffer is taken once the socket is readable: raw.Read
+		// calls back at once, and again each time the poller says so.
+		if err := raw.Read(func(fd uintptr) bool {
+			bp = smallBufs.Get().(*[]byte)
+			for {
+				n, rerr = syscall.Read(int(fd), *bp)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				smallBufs.Put(bp)
+				return false
+			}
+			return true
+		}); err != nil {
+			return err // the connection was closed (an abort)
+		}
+		switch {
+		case rerr != nil:
+			smallBufs.Put(bp)
+			return os.NewSyscallError("read", rerr)
+		case n == 0:
+			smallBufs.Put(bp)
+			return io.EOF
+		}
+		_, werr := dst.Write((*bp)[:n])
+		smallBufs.Put(bp)
+		if werr != nil {
+			return werr
+		}
+		copied += n
 	}
 	return nil
 }
