@@ -112,12 +112,14 @@ func (f *farm) poke() {
 	}
 }
 
-// up says worker process p runs and can take tasks.
+// up says worker process p runs and can take tasks; it gets those read
+// already at once (the farm may be waiting for its producer).
 func (f *farm) up(p *process) {
 	f.mu.Lock()
 	if f.find(p) == nil {
 		f.workers = append(f.workers, &farmWorker{p: p, up: true})
 	}
+	f.dispatch()
 	f.mu.Unlock()
 	f.poke()
 }
@@ -263,6 +265,7 @@ func (f *farm) lost(p *process, why string) {
 		back = append(back, id)
 	}
 	f.retry = append(back, f.retry...)
+	f.dispatch()
 	f.poke()
 }
 
