@@ -566,13 +566,12 @@ func (s *Supervisor) accept() (func(), error) {
 			loops.Go(func() { s.handover.serve(pf, names[i]) })
 			continue
 		}
-		l, err := net.FileListener(f) // a copy, closed with it
-		if err != nil {
-			stop()
-			return nil, fmt.Errorf("accept on %s: %w", names[i], err)
-		}
-		closers = append(closers, l)
-		loops.Go(func() { s.proxy.Serve(ctx, l) })
+		// The proxy accepts on a copy of f, until ctx ends.
+		loops.Go(func() {
+			if err := s.proxy.ServeSocket(ctx, f); err != nil {
+				s.log.Error("proxy stopped accepting", "listener", names[i], "err", err)
+			}
+		})
 	}
 	return stop, nil
 }

@@ -8,12 +8,16 @@
 // refuses (its worker just died or is restarting) is skipped, so a client
 // never sees an error while some backend accepts.
 //
-// A connection costs two goroutines blocked in io.Copy and no CPU while
-// idle. Between TCP and TCP (or Unix) sockets on Linux, io.Copy moves the
-// bytes with splice(2) inside the kernel; that is why connections are never
-// wrapped in other types here. There are no idle timeouts: a connection
-// lasts as long as both peers keep it, and TCP keep-alive (on by default in
-// Go, both ways) ends one whose peer vanished.
+// Two engines do the relaying. ServeSocket, which the supervisor uses, runs
+// event loops on Linux (loop_linux.go): a few goroutines with an epoll set
+// each, non-blocking system calls, no goroutine and no buffer per idle
+// connection, as nginx's workers do. Serve, for any net.Listener (and
+// ServeSocket off Linux), runs two goroutines per connection blocked in
+// reads. Both copy a direction's first 64 KiB through a buffer and the rest
+// with splice(2) inside the kernel. There are no idle timeouts: a
+// connection lasts as long as both peers keep it; Serve's client
+// connections have Go's TCP keep-alive, and ServeSocket's those the
+// listening socket gives (its SO_KEEPALIVE).
 package proxy
 
 import (
@@ -115,6 +119,11 @@ type Proxy struct {
 
 	mu   sync.Mutex
 	open map[int]int // slot → connections open or being dialed; no zero entries
+
+	// emu guards engine, the event loops of ServeSocket (Linux), which
+	// run while any ServeSocket does.
+	emu    sync.Mutex
+	engine *engine
 
 	// Rate limits for the three kinds of trouble that can come in storms,
 	// apart so that one kind does not hide another.
@@ -249,35 +258,19 @@ func addrString(a net.Addr) string {
 // connect dials a backend for client, trying them in the policy's order
 // until one accepts. It returns the connection and the slot it counted.
 func (p *Proxy) connect(ctx context.Context, client net.Conn) (net.Conn, int, error) {
-	bs := p.pool.Backends()
-	n := len(bs)
-	if n == 0 {
+	var ip netip.Addr
+	if ta, ok := client.RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ = netip.AddrFromSlice(ta.IP)
+	}
+	pk := p.newPicker(ip)
+	if len(pk.bs) == 0 {
 		return nil, 0, errNoBackend
 	}
-	var (
-		r      rendezvous
-		sticky = p.policy == Sticky && r.init(p.seed, client.RemoteAddr())
-		first  int
-		errs   []error
-	)
-	switch {
-	case sticky:
-	case p.policy == LeastConn:
-		first = p.leastConn(bs) // counted already, under the same lock
-	default:
-		first = int(p.next.Add(1)-1) % n
-	}
-	for k := range n {
-		var b Backend
-		switch {
-		case sticky:
-			b = bs[r.next(bs)]
-			p.acquire(b.Slot)
-		case k == 0 && p.policy == LeastConn:
-			b = bs[first]
-		default:
-			b = bs[(first+k)%n]
-			p.acquire(b.Slot)
+	var errs []error
+	for {
+		b, ok := pk.next(p)
+		if !ok {
+			break
 		}
 		c, err := p.dialer.DialContext(ctx, "tcp", b.Addr)
 		if err == nil {
@@ -288,7 +281,7 @@ func (p *Proxy) connect(ctx context.Context, client net.Conn) (net.Conn, int, er
 		if ctx.Err() != nil {
 			break
 		}
-		if k+1 < n {
+		if pk.more() {
 			if ok, held := p.refusedLog.allow(); ok {
 				p.log.Warn("proxy: a backend failed to connect; trying the next",
 					"slot", b.Slot, "err", err, "suppressed", held)
@@ -297,6 +290,60 @@ func (p *Proxy) connect(ctx context.Context, client net.Conn) (net.Conn, int, er
 	}
 	return nil, 0, errors.Join(errs...)
 }
+
+// picker gives the backends one new connection tries, in the policy's
+// order, each counted (acquire) as it is given: the first choice, and the
+// next ones only as backends refuse.
+type picker struct {
+	bs     []Backend
+	sticky bool
+	r      rendezvous
+	first  int // round-robin and least-conn: where the turn starts
+	given  int
+}
+
+// newPicker starts the choice for a client at ip (invalid for a client
+// with no IP: a Unix socket's). Least-conn chooses and counts its first
+// backend at once, under the lock that keeps a burst of connections from
+// all choosing the same one.
+func (p *Proxy) newPicker(ip netip.Addr) picker {
+	pk := picker{bs: p.pool.Backends()}
+	if len(pk.bs) == 0 {
+		return pk
+	}
+	switch {
+	case p.policy == Sticky && ip.IsValid():
+		pk.sticky = true
+		pk.r.init(p.seed, ip)
+	case p.policy == LeastConn:
+		pk.first = p.leastConn(pk.bs)
+	default:
+		pk.first = int(p.next.Add(1)-1) % len(pk.bs)
+	}
+	return pk
+}
+
+// next returns the next backend to try, counted; false when all have
+// been tried.
+func (pk *picker) next(p *Proxy) (Backend, bool) {
+	if pk.given >= len(pk.bs) {
+		return Backend{}, false
+	}
+	var b Backend
+	if pk.sticky {
+		b = pk.bs[pk.r.next(pk.bs)]
+	} else {
+		b = pk.bs[(pk.first+pk.given)%len(pk.bs)]
+	}
+	if pk.given > 0 || p.policy != LeastConn || pk.sticky {
+		p.acquire(b.Slot) // least-conn counted its first choice already
+	}
+	pk.given++
+	return b, true
+}
+
+// more reports whether next has backends left to give.
+func (pk *picker) more() bool { return pk.given < len(pk.bs) }
 
 // leastConn returns the index in bs of the backend with the fewest open
 // connections, ties going round-robin, and counts one more connection to
@@ -343,20 +390,11 @@ type rendezvous struct {
 	slot   int
 }
 
-// init keys r to the client at a; it reports false when a has no IP.
-func (r *rendezvous) init(seed maphash.Seed, a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return false
-	}
-	ip, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return false
-	}
+// init keys r to the client at ip.
+func (r *rendezvous) init(seed maphash.Seed, ip netip.Addr) {
 	r.seed = seed
 	ip16 := ip.Unmap().As16() // the same key on IPv4 and dual-stack listeners
 	copy(r.buf[:16], ip16[:])
-	return true
 }
 
 func (r *rendezvous) weight(slot int) uint64 {

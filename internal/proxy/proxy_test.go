@@ -148,11 +148,28 @@ func start(t testing.TB, p Pool, policy Policy) *running {
 	return startOn(t, l, New(p, policy, nil))
 }
 
+// viaSockets makes startOn serve with ServeSocket (the event loops on
+// Linux) instead of Serve: TestServeSocket runs the tests with it.
+var viaSockets bool
+
 func startOn(t testing.TB, l net.Listener, p *Proxy) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{Proxy: p, l: l, addr: l.Addr().String(), cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Serve(ctx, l) }()
+	if fl, ok := l.(interface{ File() (*os.File, error) }); ok && viaSockets {
+		f, err := fl.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			err := p.ServeSocket(ctx, f)
+			f.Close()
+			l.Close() // ServeSocket serves a copy; the test's listener goes with it
+			r.done <- err
+		}()
+	} else {
+		go func() { r.done <- p.Serve(ctx, l) }()
+	}
 	t.Cleanup(func() {
 		r.cancel()
 		if err := r.wait(t); err != nil {
@@ -763,5 +780,29 @@ func TestParsePolicy(t *testing.T) {
 	}
 	if _, err := ParsePolicy("random"); err == nil {
 		t.Error("ParsePolicy(random) succeeded")
+	}
+}
+
+// TestServeSocket runs the tests that do not depend on Serve's own
+// listener handling with ServeSocket, the event loops of Linux.
+func TestServeSocket(t *testing.T) {
+	viaSockets = true
+	defer func() { viaSockets = false }()
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T)
+	}{
+		{"RoundRobin", TestRoundRobin},
+		{"LeastConn", TestLeastConn},
+		{"Sticky", TestSticky},
+		{"SkipsRefusingBackend", TestSkipsRefusingBackend},
+		{"NoBackend", TestNoBackend},
+		{"UnixClients", TestUnixClients},
+		{"LargeTransfer", TestLargeTransfer},
+		{"ResetPropagates", TestResetPropagates},
+		{"SlowBackend", TestSlowBackend},
+		{"Cancel", TestCancel},
+	} {
+		t.Run(tc.name, tc.test)
 	}
 }

@@ -1,0 +1,779 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loops of ServeSocket: a few goroutines, each with an epoll set
+// of its own, that relay every connection with non-blocking system calls,
+// as nginx's workers do. A connection costs no goroutine, no buffer while
+// it is idle, and per request only the calls the relaying needs (accept,
+// socket, connect, a read and a write each way, a shutdown each way,
+// close): the goroutine-per-direction relay of Serve also pays for Go's
+// network poller and scheduler on every connection, about a third more
+// CPU per short connection.
+//
+// One goroutine per listener accepts (raw accept4, in batches, on Go's
+// poller) and deals the new connections out to the loops in turn.
+
+// eventsPerWait bounds the events one epoll_wait returns.
+const eventsPerWait = 128
+
+// loopTick is how often a loop with connections still connecting wakes up
+// to time them out.
+const loopTick = 100 * time.Millisecond
+
+// engine is a Proxy's event loops, started by the first ServeSocket and
+// stopped when the last one returns.
+type engine struct {
+	loops []*loop
+	next  atomic.Uint32 // the loop of the next connection
+	wg    sync.WaitGroup
+	users int // ServeSocket calls running (under Proxy.emu)
+}
+
+// acceptor is one ServeSocket call: the connections it accepted, so that
+// its end can reset them and wait for them.
+type acceptor struct {
+	open    atomic.Int64
+	drained chan struct{} // closed when open is back to 0 after stopping
+	stopped atomic.Bool
+}
+
+func (s *acceptor) release() {
+	if s.open.Add(-1) == 0 && s.stopped.Load() {
+		close(s.drained)
+	}
+}
+
+// ServeSocket relays the connections of the listening socket f, as Serve
+// does for a net.Listener, with event loops instead of goroutines (Linux;
+// elsewhere it is Serve over net.FileListener). f stays the caller's: the
+// proxy accepts on a copy. ServeSocket returns when ctx ends, after the
+// connections it accepted are reset and closed, or when accepting fails
+// for good (the connections open are then reset too).
+func (p *Proxy) ServeSocket(ctx context.Context, f *os.File) error {
+	lf, err := listenCopy(f)
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", f.Name(), err)
+	}
+	defer lf.Close()
+	raw, err := lf.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", f.Name(), err)
+	}
+	e, err := p.startEngine()
+	if err != nil {
+		return fmt.Errorf("proxy %s: %w", f.Name(), err)
+	}
+	defer p.stopEngine()
+
+	srv := &acceptor{drained: make(chan struct{})}
+	// Accept until ctx ends: closing the copy wakes the Read below.
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { lf.Close(); close(closed) })
+	defer func() {
+		if !stop() {
+			<-closed // own the AfterFunc's goroutine too
+		}
+	}()
+	var acceptErr error
+	var pause time.Duration
+	for ctx.Err() == nil {
+		var aerr error
+		batch := 0
+		rerr := raw.Read(func(fd uintptr) bool {
+			for batch < eventsPerWait {
+				nfd, sa, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+				switch {
+				case err == nil:
+					batch++
+					srv.open.Add(1)
+					e.deal(client{fd: nfd, ip: ipOf(sa), srv: srv})
+				case err == unix.EINTR, err == unix.ECONNABORTED:
+				case err == unix.EAGAIN:
+					return batch > 0
+				default:
+					aerr = err
+					return true
+				}
+			}
+			return true
+		})
+		if rerr != nil {
+			break // the copy was closed: ctx ended
+		}
+		if aerr == nil {
+			pause = 0
+			continue
+		}
+		if !temporary(aerr) {
+			acceptErr = fmt.Errorf("proxy %s: accept: %w", f.Name(), aerr)
+			break
+		}
+		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+		if ok, held := p.acceptLog.allow(); ok {
+			p.log.Warn("proxy: accept failed; retrying", "addr", f.Name(), "err", aerr, "pause", pause, "suppressed", held)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	// Reset what is open and wait for the loops to have closed it all.
+	// The count is held up while stopped is set, so that it reaches 0
+	// (and drained is closed) once, here or in a loop.
+	srv.open.Add(1)
+	srv.stopped.Store(true)
+	for _, l := range e.loops {
+		l.post(command{reset: srv})
+	}
+	srv.release()
+	<-srv.drained
+	if acceptErr != nil {
+		return acceptErr
+	}
+	return nil
+}
+
+// listenCopy returns a non-blocking copy of the listening socket f that
+// Go's poller watches: raw accept4 waits on it with RawConn.Read.
+func listenCopy(f *os.File) (*os.File, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
+	}
+	// Options set on a listening TCP socket are inherited by the
+	// connections it accepts, at no cost per connection: no Nagle delay,
+	// and keep-alive probes as Go's net package sets them (15 s idle, 15 s
+	// apart, 9 of them), so that a client that vanished does not hold its
+	// backend connection forever. (On a Unix socket they fail harmlessly.)
+	for _, o := range [][3]int{
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+	} {
+		unix.SetsockoptInt(fd, o[0], o[1], o[2])
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+func ipOf(sa unix.Sockaddr) netip.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr).Unmap()
+	}
+	return netip.Addr{}
+}
+
+func (p *Proxy) startEngine() (*engine, error) {
+	p.emu.Lock()
+	defer p.emu.Unlock()
+	if p.engine != nil {
+		p.engine.users++
+		return p.engine, nil
+	}
+	e := &engine{users: 1}
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		l, err := newLoop(p)
+		if err != nil {
+			for _, l := range e.loops {
+				l.post(command{stop: true})
+			}
+			e.wg.Wait()
+			return nil, err
+		}
+		e.loops = append(e.loops, l)
+		e.wg.Go(l.run)
+	}
+	p.engine = e
+	return e, nil
+}
+
+func (p *Proxy) stopEngine() {
+	p.emu.Lock()
+	e := p.engine
+	e.users--
+	last := e.users == 0
+	if last {
+		p.engine = nil
+	}
+	p.emu.Unlock()
+	if last {
+		for _, l := range e.loops {
+			l.post(command{stop: true})
+		}
+		e.wg.Wait()
+	}
+}
+
+// deal gives a new client to the next loop.
+func (e *engine) deal(c client) {
+	e.loops[int(e.next.Add(1))%len(e.loops)].post(command{client: c})
+}
+
+// client is an accepted connection on its way to a loop.
+type client struct {
+	fd  int
+	ip  netip.Addr
+	srv *acceptor
+}
+
+// command is what a loop is sent: a new client, the end of an acceptor
+// (its connections are reset), or the end of the loop.
+type command struct {
+	client client
+	reset  *acceptor
+	stop   bool
+}
+
+// loop is one event loop.
+type loop struct {
+	p      *Proxy
+	epfd   int
+	wakefd int // an eventfd: the inbox has commands
+
+	mu    sync.Mutex
+	inbox []command
+
+	// Owned by the loop's goroutine.
+	conns   map[int]*pconn // by fd: a connection is there under both of its fds
+	gen     uint32         // tags each registration (see add)
+	dialing map[*pconn]struct{}
+	events  []unix.EpollEvent
+	closing []int // fds to close after this batch of events
+}
+
+func newLoop(p *Proxy) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil { // for Go's poller (see run)
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return &loop{
+		p: p, epfd: epfd, wakefd: wakefd,
+		conns:   map[int]*pconn{},
+		dialing: map[*pconn]struct{}{},
+		events:  make([]unix.EpollEvent, eventsPerWait),
+	}, nil
+}
+
+// post queues c for the loop and wakes it if it was not already due to
+// look at its inbox.
+func (l *loop) post(c command) {
+	l.mu.Lock()
+	l.inbox = append(l.inbox, c)
+	first := len(l.inbox) == 1
+	l.mu.Unlock()
+	if first {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+// run waits for events and handles them until told to stop with no
+// connection left.
+//
+// The loop does not block in epoll_wait: a goroutine blocked in a system
+// call makes the Go runtime hand its P to another thread and keeps sysmon
+// polling every 20 us (tens of nanosleeps per connection). Instead the
+// epoll fd is itself in Go's poller, which parks the goroutine until it
+// is readable (some event is ready), and epoll_wait only collects the
+// events, without waiting.
+func (l *loop) run() {
+	ef := os.NewFile(uintptr(l.epfd), "proxy epoll") // non-blocking: in the poller
+	defer func() {
+		ef.Close()
+		unix.Close(l.wakefd)
+	}()
+	raw, err := ef.SyscallConn()
+	if err != nil {
+		l.p.log.Error("proxy: event loop", "err", err)
+		return
+	}
+	var inbox []command
+	stopping := false
+	ticking := false // a read deadline is set, for dials to time out
+	for {
+		if len(l.dialing) > 0 && !ticking {
+			ef.SetReadDeadline(time.Now().Add(loopTick))
+			ticking = true
+		}
+		n := 0
+		var werr error
+		rerr := raw.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), l.events, 0)
+			return n > 0 || werr != nil && werr != unix.EINTR
+		})
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			ef.SetReadDeadline(time.Time{})
+			ticking = false
+		} else if rerr != nil || werr != nil {
+			// Cannot happen with a valid epoll fd and buffer; if it
+			// does, the loop must not spin.
+			l.p.log.Error("proxy: epoll_wait failed", "err", errors.Join(rerr, werr))
+			time.Sleep(10 * time.Millisecond)
+			n = 0
+		}
+		for i := range max(n, 0) {
+			ev := &l.events[i]
+			fd := int(ev.Fd)
+			if fd == l.wakefd {
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+				l.mu.Lock()
+				inbox, l.inbox = l.inbox, inbox[:0]
+				l.mu.Unlock()
+				for _, c := range inbox {
+					switch {
+					case c.stop:
+						stopping = true
+					case c.reset != nil:
+						l.resetServer(c.reset)
+					default:
+						l.start(c.client)
+					}
+				}
+				clear(inbox)
+				continue
+			}
+			if c := l.conns[fd]; c != nil && c.tagOf(fd) == uint32(ev.Pad) {
+				c.event(fd, ev.Events)
+			}
+		}
+		if len(l.dialing) > 0 {
+			l.expireDials()
+		}
+		for _, fd := range l.closing {
+			rawClose(fd)
+		}
+		clear(l.closing)
+		l.closing = l.closing[:0]
+		if stopping && len(l.conns) == 0 {
+			return
+		}
+	}
+}
+
+// resetServer resets every connection of srv.
+func (l *loop) resetServer(srv *acceptor) {
+	var gone []*pconn
+	for _, c := range l.conns {
+		if c.srv == srv && !c.closed {
+			gone = append(gone, c)
+		}
+	}
+	for _, c := range gone {
+		c.abort()
+	}
+}
+
+// expireDials gives up on connects that took longer than dialTimeout: the
+// backend stopped accepting with a full backlog; the next one is tried.
+func (l *loop) expireDials() {
+	now := time.Now()
+	for c := range l.dialing {
+		if now.Sub(c.dialStart) > dialTimeout {
+			c.dialFailed(errDialTimeout)
+		}
+	}
+}
+
+var errDialTimeout = errors.New("connect timed out")
+
+// add registers fd of c, edge-triggered, and returns the registration's
+// tag. Events carry it beside the fd: a closed socket stays in the epoll
+// set for as long as another process holds a copy (a worker being
+// spawned has one between fork and exec), and the tag tells its stale
+// events from those of a new connection that got the same fd number.
+func (l *loop) add(fd int, c *pconn) (uint32, error) {
+	l.gen++
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(l.gen)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return 0, os.NewSyscallError("epoll_ctl", err)
+	}
+	l.conns[fd] = c
+	return l.gen, nil
+}
+
+// forget drops fd, which is about to be closed (closing removes it from
+// the epoll set: no other process holds a copy).
+func (l *loop) forget(fd int) {
+	delete(l.conns, fd)
+}
+
+// closeLater closes fd once the events of this epoll_wait are handled:
+// until then its number cannot be reused by a new connection, which an
+// event of the old one still in the batch would otherwise reach.
+func (l *loop) closeLater(fd int) {
+	l.closing = append(l.closing, fd)
+}
+
+// start takes a new client: it picks its backends and connects to the
+// first.
+func (l *loop) start(cl client) {
+	c := &pconn{l: l, srv: cl.srv, client: cl.fd, backend: -1, slot: -1}
+	c.up.src, c.down.dst = &c.client, &c.client
+	c.up.dst, c.down.src = &c.backend, &c.backend
+	tag, err := l.add(cl.fd, c)
+	if err != nil {
+		l.closeLater(cl.fd)
+		cl.srv.release()
+		return
+	}
+	c.clientTag = tag
+	c.pick = l.p.newPicker(cl.ip)
+	if len(c.pick.bs) == 0 {
+		c.fail(errNoBackend)
+		return
+	}
+	c.dial()
+}
+
+// pconn is one proxied connection.
+type pconn struct {
+	l               *loop
+	srv             *acceptor
+	client, backend int // fds; backend is -1 between connects
+	clientTag       uint32
+	backendTag      uint32
+	slot            int // the backend's slot while counted, else -1
+	pick            picker
+	b               Backend // the backend being connected to, or relayed to
+	errs            []error
+	dialStart       time.Time
+	connected       bool
+	closed          bool
+	up, down        direction // client → backend, backend → client
+}
+
+// tagOf returns the tag of the registration of fd, one of c's.
+func (c *pconn) tagOf(fd int) uint32 {
+	if fd == c.client {
+		return c.clientTag
+	}
+	return c.backendTag
+}
+
+// event handles what epoll said about fd.
+func (c *pconn) event(fd int, ev uint32) {
+	if c.closed {
+		return
+	}
+	if !c.connected {
+		if fd == c.backend && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			c.connectDone()
+		}
+		// A client's bytes or hang-up wait until the backend answers:
+		// the relay reads them then.
+		return
+	}
+	readable := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	writable := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if fd == c.client {
+		if readable {
+			c.pump(&c.up)
+		}
+		if writable && !c.closed {
+			c.pump(&c.down)
+		}
+	} else {
+		if readable {
+			c.pump(&c.down)
+		}
+		if writable && !c.closed {
+			c.pump(&c.up)
+		}
+	}
+}
+
+// dial connects to the next backend of the policy's choice, counted
+// against its slot.
+func (c *pconn) dial() {
+	for {
+		b, ok := c.pick.next(c.l.p)
+		if !ok {
+			break
+		}
+		c.b, c.slot = b, b.Slot
+		fd, err := connectTo(b.Addr)
+		if err == nil {
+			var tag uint32
+			if tag, err = c.l.add(fd, c); err == nil {
+				c.backend, c.backendTag = fd, tag
+				c.dialStart = time.Now()
+				c.l.dialing[c] = struct{}{}
+				return
+			}
+			unix.Close(fd)
+		}
+		c.refused(b, err)
+	}
+	c.fail(errors.Join(c.errs...))
+}
+
+// connectTo starts a non-blocking connect to addr.
+func connectTo(addr string) (int, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return -1, err
+	}
+	return rawConnect(ap)
+}
+
+// refused records that the backend b did not take the connection.
+func (c *pconn) refused(b Backend, err error) {
+	c.l.p.release(b.Slot)
+	c.slot = -1
+	c.errs = append(c.errs, fmt.Errorf("slot %d: %w", b.Slot, err))
+	if c.pick.more() {
+		if ok, held := c.l.p.refusedLog.allow(); ok {
+			c.l.p.log.Warn("proxy: a backend failed to connect; trying the next",
+				"slot", b.Slot, "err", err, "suppressed", held)
+		}
+	}
+}
+
+// connectDone looks at how the connect ended.
+func (c *pconn) connectDone() {
+	delete(c.l.dialing, c)
+	if err := rawSoError(c.backend); err != nil {
+		err = os.NewSyscallError("connect", err)
+		c.dialFailed(err)
+		return
+	}
+	c.connected = true
+	// The client may have sent its request already, and the backend its
+	// greeting: with edge-triggered events nothing says so again.
+	c.pump(&c.up)
+	if !c.closed {
+		c.pump(&c.down)
+	}
+}
+
+// dialFailed gives up on the backend being connected to, and tries the
+// next.
+func (c *pconn) dialFailed(err error) {
+	delete(c.l.dialing, c)
+	c.l.forget(c.backend)
+	c.l.closeLater(c.backend)
+	c.backend = -1
+	c.refused(c.b, err)
+	c.dial()
+}
+
+// fail closes a client no backend took, with a reset: it gets an error at
+// once, not an empty answer it might take for a complete one.
+func (c *pconn) fail(err error) {
+	if !c.srv.stopped.Load() {
+		if ok, held := c.l.p.failedLog.allow(); ok {
+			c.l.p.log.Warn("proxy: no backend took a connection; closed it", "err", err, "suppressed", held)
+		}
+	}
+	c.abort()
+}
+
+// abort resets both connections (SO_LINGER 0: the peers see a reset,
+// not an orderly end) and closes them.
+func (c *pconn) abort() {
+	if c.closed {
+		return
+	}
+	linger := unix.Linger{Onoff: 1, Linger: 0}
+	unix.SetsockoptLinger(c.client, unix.SOL_SOCKET, unix.SO_LINGER, &linger)
+	if c.backend >= 0 {
+		unix.SetsockoptLinger(c.backend, unix.SOL_SOCKET, unix.SO_LINGER, &linger)
+	}
+	c.close()
+}
+
+// close closes both connections and what the relay holds.
+func (c *pconn) close() {
+	c.closed = true
+	delete(c.l.dialing, c)
+	c.l.forget(c.client)
+	c.l.closeLater(c.client)
+	if c.backend >= 0 {
+		c.l.forget(c.backend)
+		c.l.closeLater(c.backend)
+	}
+	c.up.free()
+	c.down.free()
+	if c.slot >= 0 {
+		c.l.p.release(c.slot)
+		c.slot = -1
+	}
+	c.srv.release()
+}
+
+// direction is one way of a relay: from *src to *dst.
+type direction struct {
+	src, dst *int
+	buf      *[]byte // held while bytes wait in it, else nil
+	off, end int     // buf[off:end] is not written yet
+	pipe     [2]int  // the splice pipe, once the direction is a bulk transfer
+	inPipe   int     // bytes in the pipe, not written yet
+	copied   int     // bytes read so far
+	eof      bool    // src ended
+	shut     bool    // dst was shut down for writing
+}
+
+func (d *direction) pending() bool { return d.end > d.off || d.inPipe > 0 }
+
+func (d *direction) free() {
+	if d.buf != nil {
+		smallBufs.Put(d.buf)
+		d.buf = nil
+	}
+	if d.pipe != [2]int{} {
+		unix.Close(d.pipe[0])
+		unix.Close(d.pipe[1])
+		d.pipe = [2]int{}
+	}
+}
+
+// pump moves what it can of d: the bytes waiting, then what src has,
+// until src has nothing more (EAGAIN) or dst takes no more (its EPOLLOUT
+// brings it back). An error on either side resets both connections; the
+// end of both directions closes them.
+func (c *pconn) pump(d *direction) {
+	for {
+		if d.pending() {
+			if err := d.flush(); err != nil {
+				if err == unix.EAGAIN {
+					return
+				}
+				c.abort()
+				return
+			}
+			continue
+		}
+		if d.eof {
+			if !d.shut {
+				d.shut = true
+				if err := rawShutdown(*d.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+					c.abort()
+					return
+				}
+				if c.up.shut && c.down.shut {
+					c.close()
+				}
+			}
+			return
+		}
+		n, err := d.fill()
+		switch {
+		case err == unix.EAGAIN:
+			if d.buf != nil && !d.pending() {
+				smallBufs.Put(d.buf) // idle: hold no buffer
+				d.buf = nil
+			}
+			return
+		case err == unix.EINTR:
+		case err != nil:
+			c.abort()
+			return
+		case n == 0:
+			d.eof = true
+		}
+	}
+}
+
+// fill reads what src has: into the buffer for the first spliceAfter
+// bytes, then by splice into the pipe.
+func (d *direction) fill() (int, error) {
+	if d.copied >= spliceAfter && d.pipe == [2]int{} {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err == nil {
+			d.pipe = p
+			if d.buf != nil {
+				smallBufs.Put(d.buf)
+				d.buf = nil
+			}
+		}
+		// Without a pipe (out of descriptors), the buffer goes on.
+	}
+	if d.pipe != [2]int{} {
+		n, err := rawSplice(*d.src, d.pipe[1], spliceChunk)
+		if n > 0 {
+			d.inPipe += int(n)
+			d.copied += int(n)
+		}
+		return int(n), err
+	}
+	if d.buf == nil {
+		d.buf = smallBufs.Get().(*[]byte)
+	}
+	n, err := rawRead(*d.src, *d.buf)
+	if n > 0 {
+		d.off, d.end = 0, n
+		d.copied += n
+		return n, nil
+	}
+	return max(n, 0), err
+}
+
+// spliceChunk is the most one splice moves: a pipe's default capacity.
+const spliceChunk = 64 << 10
+
+// flush writes what waits to dst; EAGAIN when dst takes no more now.
+func (d *direction) flush() error {
+	if d.inPipe > 0 {
+		n, err := rawSplice(d.pipe[0], *d.dst, d.inPipe)
+		if n > 0 {
+			d.inPipe -= int(n)
+		}
+		if err == unix.EINTR {
+			return nil
+		}
+		return err
+	}
+	n, err := rawWrite(*d.dst, (*d.buf)[d.off:d.end])
+	if n > 0 {
+		d.off += n
+	}
+	if err == unix.EINTR {
+		return nil
+	}
+	return err
+}
