@@ -23,7 +23,7 @@ var stateNames = [...]string{"starting", "ready", "draining", "exited"}
 // String returns the state's name as herd status shows it: "starting",
 // "ready", "draining" or "exited".
 func (s WorkerState) String() string {
-	if int(s) < len(stateNames) {
+	if s >= 0 && int(s) < len(stateNames) {
 		return stateNames[s]
 	}
 	return "unknown"

@@ -7,7 +7,7 @@
 // This is the kind of app `--balance proxy` is for: it knows nothing of herd
 // (no inherited sockets, no LISTEN_FDS, no message channel). It listens on
 // $HOST:$PORT (HOST defaults to 127.0.0.1, PORT to 8080); in proxy mode herd
-// gives each worker slot its own private loopback PORT and proxies client
+// gives each worker process its own private loopback PORT and proxies client
 // connections to it.
 //
 // Routes (HTTP/1.1, keep-alive):
