@@ -205,6 +205,39 @@ func TestPoolSurvivesAKilledWorker(t *testing.T) {
 	}
 }
 
+// Cancelling the context stops a Map early: its last yield is the
+// context's cause, and the pool stays usable.
+func TestPoolMapStopsWithItsContext(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{})
+	why := errors.New("enough")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	results := 0
+	var last error
+	for _, err := range p.Map(ctx, numbers(1000000)) {
+		if err != nil {
+			last = err
+			continue // the last one
+		}
+		if results++; results == 100 {
+			cancel(why)
+		}
+	}
+	if !errors.Is(last, why) || results >= 1000000 {
+		t.Fatalf("after %d results the map ended with %v, want the cause %q before the end", results, last, why)
+	}
+	count := 0
+	for _, err := range p.Map(context.Background(), numbers(50)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		count++
+	}
+	if count != 50 {
+		t.Fatalf("%d results after a cancelled map, want 50", count)
+	}
+}
+
 func TestPoolMapStopsWhenTheLoopDoes(t *testing.T) {
 	p := newPool(t, herd.PoolOptions{})
 	for range 3 {

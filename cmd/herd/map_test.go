@@ -350,3 +350,102 @@ func TestMapInterrupted(t *testing.T) {
 		t.Errorf("summary after %d answers: %q", got, stderr.String())
 	}
 }
+
+// --input and --output instead of stdin and stdout; -q prints nothing of
+// its own.
+func TestMapFilesAndQuiet(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "tasks"), filepath.Join(dir, "answers")
+	var b strings.Builder
+	for i := range 500 {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	if err := os.WriteFile(in, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := herdMap(t, nil, strings.NewReader("not read\n"), argv("-w", "2", "-q", "--input", in, "--output", out, lines("lines"))...)
+	if code != 0 || len(stdout) != 0 || stderr != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and nothing on either", code, stdout, stderr)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := strings.Split(strings.TrimSuffix(string(got), "\n"), "\n")
+	if len(answers) != 500 {
+		t.Fatalf("%d answers in %s, want 500", len(answers), out)
+	}
+	for i, a := range answers {
+		if a != strconv.Itoa(2*i) {
+			t.Fatalf("answer %d is %q", i, a)
+		}
+	}
+}
+
+// A worker's stderr reaches herd's stderr, each line tagged with the
+// worker's slot and pid.
+func TestMapWorkerStderrIsTagged(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := herdMap(t, []string{"TEST_STDERR=1"}, seqInput(20), argv("-w", "2", lines("lines"))...)
+	if code != 0 || len(out) != 20 {
+		t.Fatalf("exit %d, %d answers; stderr %s", code, len(out), stderr)
+	}
+	tagged := regexp.MustCompile(`(?m)^w[01] [0-9]+ \| note ([0-9]+)$`)
+	seen := map[string]bool{}
+	for _, m := range tagged.FindAllStringSubmatch(stderr, -1) {
+		seen[m[1]] = true
+	}
+	if len(seen) != 20 {
+		t.Errorf("%d of 20 notes came tagged; stderr:\n%s", len(seen), stderr)
+	}
+}
+
+// With --json, an answer that is an object with an "error" member counts
+// as a failed task (written as it is), and an answer that is not JSON
+// fails its task.
+func TestMapJSONAnswers(t *testing.T) {
+	t.Parallel()
+	input := strings.NewReader("1\n\"x\"\n3\n4\n")
+	code, out, stderr := herdMap(t, []string{"TEST_BAD_ANSWER=3"}, input, argv("-w", "1", "--json", "--retries", "0", lines("lines"))...)
+	if code != 1 || len(out) != 4 || !strings.Contains(stderr, "4 tasks, 2 failed") {
+		t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
+	}
+	if out[0] != "2" || out[1] != `{"error":"not a number"}` || out[3] != "8" ||
+		!strings.Contains(out[2], `"error":"the worker's answer is not one JSON value"`) {
+		t.Errorf("answers %q", out)
+	}
+}
+
+// On a terminal, herd map shows its progress (tasks done, rate, and an ETA
+// when the input is a file), then the summary.
+func TestMapProgressOnATerminal(t *testing.T) {
+	t.Parallel()
+	master, slave, err := openPTY()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer master.Close()
+	in := filepath.Join(t.TempDir(), "tasks")
+	var b strings.Builder
+	for i := range 150 {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	os.WriteFile(in, []byte(b.String()), 0o644)
+	cmd := exec.Command(os.Args[0], argv("map", "-w", "2", "--inflight", "1", "--input", in, lines("lines"))...)
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "TEST_SLOW=20ms")
+	cmd.Stderr = slave
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var screen strings.Builder
+	io.Copy(&screen, master) // until herd, the last holder of the terminal, exits (EIO)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("herd map: %v; terminal:\n%q", err, screen.String())
+	}
+	progress := regexp.MustCompile(`\r\x1b\[K[0-9]+/[0-9]+ tasks, [0-9]+/s, ETA [0-9]+s`)
+	if !progress.MatchString(screen.String()) || !strings.Contains(screen.String(), "herd map: 150 tasks, 0 failed") {
+		t.Errorf("terminal got %q; want progress lines with an ETA, then the summary", screen.String())
+	}
+}

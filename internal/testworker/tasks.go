@@ -23,6 +23,8 @@ import (
 //	TEST_HANG_ON=S    hang on the task S
 //	TEST_SLOW=DUR     take this long per task
 //	TEST_ECHO=1       answer with the line itself
+//	TEST_STDERR=1     also write "note TASK" on stderr for each task
+//	TEST_BAD_ANSWER=S answer the task S with a line that is not JSON
 func lineWorker() error {
 	in := bufio.NewReaderSize(os.Stdin, 64<<10)
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)
@@ -54,6 +56,13 @@ func lineWorker() error {
 		}
 		if slow > 0 {
 			time.Sleep(slow)
+		}
+		if os.Getenv("TEST_STDERR") == "1" {
+			fmt.Fprintf(os.Stderr, "note %s\n", task)
+		}
+		if task == os.Getenv("TEST_BAD_ANSWER") {
+			out.WriteString("not json {\n")
+			continue
 		}
 		if os.Getenv("TEST_ECHO") == "1" {
 			out.WriteString(task + "\n")
