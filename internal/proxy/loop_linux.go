@@ -23,36 +23,40 @@ import (
 // network poller and scheduler on every connection, about a third more
 // CPU per short connection.
 //
-// One goroutine per listener accepts (raw accept4, in batches, on Go's
-// poller) and deals the new connections out to the loops in turn.
+// Every loop has the listening sockets in its epoll set, with
+// EPOLLEXCLUSIVE: a new connection wakes one loop, which accepts what is
+// waiting and relays it itself, with no hand-over between threads.
 
 // eventsPerWait bounds the events one epoll_wait returns.
 const eventsPerWait = 128
 
 // loopTick is how often a loop with connections still connecting wakes up
-// to time them out.
+// to time them out (sooner when a paused listening socket is due back).
 const loopTick = 100 * time.Millisecond
 
 // engine is a Proxy's event loops, started by the first ServeSocket and
 // stopped when the last one returns.
 type engine struct {
 	loops []*loop
-	next  atomic.Uint32 // the loop of the next connection
 	wg    sync.WaitGroup
 	users int // ServeSocket calls running (under Proxy.emu)
 }
 
-// acceptor is one ServeSocket call: the connections it accepted, so that
-// its end can reset them and wait for them.
+// acceptor is one ServeSocket call: its listening socket, and the
+// connections it accepted, so that its end can reset them and wait for
+// them.
 type acceptor struct {
+	fd      int // a non-blocking copy of the listening socket
+	name    string
+	errc    chan error // capacity 1: an accept error that ends it
 	open    atomic.Int64
 	drained chan struct{} // closed when open is back to 0 after stopping
 	stopped atomic.Bool
 }
 
-func (s *acceptor) release() {
-	if s.open.Add(-1) == 0 && s.stopped.Load() {
-		close(s.drained)
+func (a *acceptor) release() {
+	if a.open.Add(-1) == 0 && a.stopped.Load() {
+		close(a.drained)
 	}
 }
 
@@ -63,108 +67,57 @@ func (s *acceptor) release() {
 // connections it accepted are reset and closed, or when accepting fails
 // for good (the connections open are then reset too).
 func (p *Proxy) ServeSocket(ctx context.Context, f *os.File) error {
-	lf, err := listenCopy(f)
-	if err != nil {
-		return fmt.Errorf("proxy %s: %w", f.Name(), err)
-	}
-	defer lf.Close()
-	raw, err := lf.SyscallConn()
+	lfd, err := listenCopy(f)
 	if err != nil {
 		return fmt.Errorf("proxy %s: %w", f.Name(), err)
 	}
 	e, err := p.startEngine()
 	if err != nil {
+		unix.Close(lfd)
 		return fmt.Errorf("proxy %s: %w", f.Name(), err)
 	}
 	defer p.stopEngine()
-
-	srv := &acceptor{drained: make(chan struct{})}
-	// Accept until ctx ends: closing the copy wakes the Read below.
-	closed := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() { lf.Close(); close(closed) })
-	defer func() {
-		if !stop() {
-			<-closed // own the AfterFunc's goroutine too
-		}
-	}()
-	var acceptErr error
-	var pause time.Duration
-	for ctx.Err() == nil {
-		var aerr error
-		batch := 0
-		rerr := raw.Read(func(fd uintptr) bool {
-			for batch < eventsPerWait {
-				nfd, sa, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-				switch {
-				case err == nil:
-					batch++
-					srv.open.Add(1)
-					e.deal(client{fd: nfd, ip: ipOf(sa), srv: srv})
-				case err == unix.EINTR, err == unix.ECONNABORTED:
-				case err == unix.EAGAIN:
-					return batch > 0
-				default:
-					aerr = err
-					return true
-				}
-			}
-			return true
-		})
-		if rerr != nil {
-			break // the copy was closed: ctx ended
-		}
-		if aerr == nil {
-			pause = 0
-			continue
-		}
-		if !temporary(aerr) {
-			acceptErr = fmt.Errorf("proxy %s: accept: %w", f.Name(), aerr)
-			break
-		}
-		pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-		if ok, held := p.acceptLog.allow(); ok {
-			p.log.Warn("proxy: accept failed; retrying", "addr", f.Name(), "err", aerr, "pause", pause, "suppressed", held)
-		}
-		t := time.NewTimer(pause)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
-	// Reset what is open and wait for the loops to have closed it all.
-	// The count is held up while stopped is set, so that it reaches 0
-	// (and drained is closed) once, here or in a loop.
-	srv.open.Add(1)
-	srv.stopped.Store(true)
+	a := &acceptor{fd: lfd, name: f.Name(), errc: make(chan error, 1), drained: make(chan struct{})}
 	for _, l := range e.loops {
-		l.post(command{reset: srv})
+		l.post(command{listen: a})
 	}
-	srv.release()
-	<-srv.drained
-	if acceptErr != nil {
-		return acceptErr
+	var acceptErr error
+	select {
+	case <-ctx.Done():
+	case acceptErr = <-a.errc:
 	}
-	return nil
+	// Every loop lets go of the socket and resets what it relays for a;
+	// the count (held up by one per loop, and one here, while stopped is
+	// set) reaches 0, and drained is closed, once all have and every
+	// connection is closed.
+	a.open.Add(int64(len(e.loops)) + 1)
+	a.stopped.Store(true)
+	for _, l := range e.loops {
+		l.post(command{reset: a})
+	}
+	a.release()
+	<-a.drained
+	unix.Close(lfd)
+	return acceptErr
 }
 
-// listenCopy returns a non-blocking copy of the listening socket f that
-// Go's poller watches: raw accept4 waits on it with RawConn.Read.
-func listenCopy(f *os.File) (*os.File, error) {
+// listenCopy returns a non-blocking copy of the listening socket f, for
+// the loops to accept on.
+func listenCopy(f *os.File) (int, error) {
 	raw, err := f.SyscallConn()
 	if err != nil {
-		return nil, err
+		return -1, err
 	}
 	fd, derr := -1, error(nil)
 	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
+		return -1, err
 	}
 	if derr != nil {
-		return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
+		return -1, os.NewSyscallError("fcntl O_NONBLOCK", err)
 	}
 	// Options set on a listening TCP socket are inherited by the
 	// connections it accepts, at no cost per connection: no Nagle delay,
@@ -180,7 +133,7 @@ func listenCopy(f *os.File) (*os.File, error) {
 	} {
 		unix.SetsockoptInt(fd, o[0], o[1], o[2])
 	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
+	return fd, nil
 }
 
 func ipOf(sa unix.Sockaddr) netip.Addr {
@@ -234,22 +187,11 @@ func (p *Proxy) stopEngine() {
 	}
 }
 
-// deal gives a new client to the next loop.
-func (e *engine) deal(c client) {
-	e.loops[int(e.next.Add(1))%len(e.loops)].post(command{client: c})
-}
-
-// client is an accepted connection on its way to a loop.
-type client struct {
-	fd  int
-	ip  netip.Addr
-	srv *acceptor
-}
-
-// command is what a loop is sent: a new client, the end of an acceptor
-// (its connections are reset), or the end of the loop.
+// command is what a loop is sent: a listening socket to accept on, the
+// end of an acceptor (the loop lets go of its socket and resets its
+// connections), or the end of the loop.
 type command struct {
-	client client
+	listen *acceptor
 	reset  *acceptor
 	stop   bool
 }
@@ -264,11 +206,18 @@ type loop struct {
 	inbox []command
 
 	// Owned by the loop's goroutine.
-	conns   map[int]*pconn // by fd: a connection is there under both of its fds
-	gen     uint32         // tags each registration (see add)
-	dialing map[*pconn]struct{}
-	events  []unix.EpollEvent
-	closing []int // fds to close after this batch of events
+	conns map[int]*pconn // by fd: a connection is there under both of its fds
+	gen   uint32         // tags each registration (see add); listeners have 0
+	// listening is the acceptors whose socket is in the epoll set, by
+	// fd; paused, those taken out for a while after an accept error (out
+	// of descriptors), with when to put them back; backoff, the next
+	// pause of an acceptor whose accepts have failed since one worked.
+	listening map[int]*acceptor
+	paused    map[*acceptor]time.Time
+	backoff   map[*acceptor]time.Duration
+	dialing   map[*pconn]struct{}
+	events    []unix.EpollEvent
+	closing   []int // fds to close after this batch of events
 }
 
 func newLoop(p *Proxy) (*loop, error) {
@@ -292,9 +241,12 @@ func newLoop(p *Proxy) (*loop, error) {
 	}
 	return &loop{
 		p: p, epfd: epfd, wakefd: wakefd,
-		conns:   map[int]*pconn{},
-		dialing: map[*pconn]struct{}{},
-		events:  make([]unix.EpollEvent, eventsPerWait),
+		conns:     map[int]*pconn{},
+		listening: map[int]*acceptor{},
+		paused:    map[*acceptor]time.Time{},
+		backoff:   map[*acceptor]time.Duration{},
+		dialing:   map[*pconn]struct{}{},
+		events:    make([]unix.EpollEvent, eventsPerWait),
 	}, nil
 }
 
@@ -335,7 +287,16 @@ func (l *loop) run() {
 	stopping := false
 	ticking := false // a read deadline is set, for dials to time out
 	for {
-		if len(l.dialing) > 0 && !ticking {
+		if len(l.paused) > 0 {
+			wake := time.Now().Add(loopTick)
+			for _, until := range l.paused {
+				if until.Before(wake) {
+					wake = until
+				}
+			}
+			ef.SetReadDeadline(wake)
+			ticking = true
+		} else if len(l.dialing) > 0 && !ticking {
 			ef.SetReadDeadline(time.Now().Add(loopTick))
 			ticking = true
 		}
@@ -368,13 +329,21 @@ func (l *loop) run() {
 					switch {
 					case c.stop:
 						stopping = true
+					case c.listen != nil:
+						l.listen(c.listen)
 					case c.reset != nil:
+						l.unlisten(c.reset)
 						l.resetServer(c.reset)
-					default:
-						l.start(c.client)
+						c.reset.release() // this loop is done with it
 					}
 				}
 				clear(inbox)
+				continue
+			}
+			if ev.Pad == 0 {
+				if a := l.listening[fd]; a != nil {
+					l.accept(a)
+				}
 				continue
 			}
 			if c := l.conns[fd]; c != nil && c.tagOf(fd) == uint32(ev.Pad) {
@@ -384,6 +353,9 @@ func (l *loop) run() {
 		if len(l.dialing) > 0 {
 			l.expireDials()
 		}
+		if len(l.paused) > 0 {
+			l.resume()
+		}
 		for _, fd := range l.closing {
 			rawClose(fd)
 		}
@@ -391,6 +363,85 @@ func (l *loop) run() {
 		l.closing = l.closing[:0]
 		if stopping && len(l.conns) == 0 {
 			return
+		}
+	}
+}
+
+// listen puts a's socket in the epoll set. EPOLLEXCLUSIVE: one loop is
+// woken per connection, not all.
+func (l *loop) listen(a *acceptor) {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(a.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, a.fd, &ev); err != nil {
+		select {
+		case a.errc <- fmt.Errorf("proxy %s: %w", a.name, os.NewSyscallError("epoll_ctl", err)):
+		default:
+		}
+		return
+	}
+	l.listening[a.fd] = a
+}
+
+// unlisten takes a's socket out of the epoll set.
+func (l *loop) unlisten(a *acceptor) {
+	delete(l.paused, a)
+	delete(l.backoff, a)
+	if l.listening[a.fd] == a {
+		delete(l.listening, a.fd)
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, a.fd, nil)
+	}
+}
+
+// accept takes the connections waiting on a's socket and starts relaying
+// them. An error that may pass (out of descriptors) takes the socket out
+// of this loop for a pause, 5 ms doubling to 1 s, as net/http does: the
+// connections wait in the backlog meanwhile, and the loop does not spin
+// on a socket that stays readable. Any other error ends the acceptor.
+func (l *loop) accept(a *acceptor) {
+	for range eventsPerWait {
+		nfd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+			a.open.Add(1)
+			l.start(nfd, ipOf(sa), a)
+			continue
+		case err == unix.EAGAIN:
+			delete(l.backoff, a) // it works again: the next pause starts short
+			return
+		case err == unix.EINTR, err == unix.ECONNABORTED:
+			continue
+		case temporary(err):
+			d := l.backoff[a]
+			if d == 0 {
+				d = 5 * time.Millisecond
+			}
+			l.backoff[a] = min(2*d, time.Second)
+			if l.listening[a.fd] == a {
+				delete(l.listening, a.fd)
+				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, a.fd, nil)
+			}
+			l.paused[a] = time.Now().Add(d)
+			if ok, held := l.p.acceptLog.allow(); ok {
+				l.p.log.Warn("proxy: accept failed; retrying", "addr", a.name, "err", err, "pause", d, "suppressed", held)
+			}
+			return
+		default:
+			l.unlisten(a)
+			select {
+			case a.errc <- fmt.Errorf("proxy %s: accept: %w", a.name, os.NewSyscallError("accept4", err)):
+			default:
+			}
+			return
+		}
+	}
+}
+
+// resume puts back the sockets whose pause is over.
+func (l *loop) resume() {
+	now := time.Now()
+	for a, until := range l.paused {
+		if now.After(until) {
+			delete(l.paused, a)
+			l.listen(a)
 		}
 	}
 }
@@ -449,20 +500,21 @@ func (l *loop) closeLater(fd int) {
 	l.closing = append(l.closing, fd)
 }
 
-// start takes a new client: it picks its backends and connects to the
-// first.
-func (l *loop) start(cl client) {
-	c := &pconn{l: l, srv: cl.srv, client: cl.fd, backend: -1, slot: -1}
+// start takes a new client, the connection fd from ip accepted on a's
+// socket: it picks its backends and connects to the first.
+func (l *loop) start(fd int, ip netip.Addr, a *acceptor) {
+	c := &pconn{l: l, srv: a, client: fd, backend: -1, slot: -1}
 	c.up.src, c.down.dst = &c.client, &c.client
 	c.up.dst, c.down.src = &c.backend, &c.backend
-	tag, err := l.add(cl.fd, c)
+	c.down.dry = true // until the backend connects and sends
+	tag, err := l.add(fd, c)
 	if err != nil {
-		l.closeLater(cl.fd)
-		cl.srv.release()
+		l.closeLater(fd)
+		a.release()
 		return
 	}
 	c.clientTag = tag
-	c.pick = l.p.newPicker(cl.ip)
+	c.pick = l.p.newPicker(ip)
 	if len(c.pick.bs) == 0 {
 		c.fail(errNoBackend)
 		return
@@ -500,30 +552,24 @@ func (c *pconn) event(fd int, ev uint32) {
 	if c.closed {
 		return
 	}
+	from, to := &c.up, &c.down // what fd is the source of, and the destination of
+	if fd == c.backend {
+		from, to = &c.down, &c.up
+	}
+	from.readable(ev)
 	if !c.connected {
+		// A client's bytes or hang-up wait until the backend answers
+		// (readable noted them): the relay reads them then.
 		if fd == c.backend && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			c.connectDone()
+			c.connectDone(ev)
 		}
-		// A client's bytes or hang-up wait until the backend answers:
-		// the relay reads them then.
 		return
 	}
-	readable := ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	writable := ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	if fd == c.client {
-		if readable {
-			c.pump(&c.up)
-		}
-		if writable && !c.closed {
-			c.pump(&c.down)
-		}
-	} else {
-		if readable {
-			c.pump(&c.down)
-		}
-		if writable && !c.closed {
-			c.pump(&c.up)
-		}
+	if !from.dry {
+		c.pump(from)
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
+		c.pump(to)
 	}
 }
 
@@ -541,6 +587,7 @@ func (c *pconn) dial() {
 			var tag uint32
 			if tag, err = c.l.add(fd, c); err == nil {
 				c.backend, c.backendTag = fd, tag
+				c.down.dry, c.down.hup = true, false
 				c.dialStart = time.Now()
 				c.l.dialing[c] = struct{}{}
 				return
@@ -575,18 +622,25 @@ func (c *pconn) refused(b Backend, err error) {
 }
 
 // connectDone looks at how the connect ended.
-func (c *pconn) connectDone() {
+// A writable event without an error or hang-up is a connect that
+// succeeded; with one, SO_ERROR says why it failed.
+func (c *pconn) connectDone(ev uint32) {
 	delete(c.l.dialing, c)
-	if err := rawSoError(c.backend); err != nil {
-		err = os.NewSyscallError("connect", err)
-		c.dialFailed(err)
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		err := rawSoError(c.backend)
+		if err == nil {
+			err = errors.New("connection closed")
+		}
+		c.dialFailed(os.NewSyscallError("connect", err))
 		return
 	}
 	c.connected = true
-	// The client may have sent its request already, and the backend its
-	// greeting: with edge-triggered events nothing says so again.
-	c.pump(&c.up)
-	if !c.closed {
+	// The client's request (and hang-up) may be there already: its
+	// events came while the backend was connecting.
+	if !c.up.dry {
+		c.pump(&c.up)
+	}
+	if !c.down.dry && !c.closed {
 		c.pump(&c.down)
 	}
 }
@@ -656,6 +710,22 @@ type direction struct {
 	copied   int     // bytes read so far
 	eof      bool    // src ended
 	shut     bool    // dst was shut down for writing
+	// dry says src had nothing more when last read (EAGAIN, or a read
+	// that did not fill the buffer), until its next event: edge-triggered
+	// epoll reports each arrival, so a read that would only say EAGAIN is
+	// saved. hup says src's peer hung up (or failed): then src is read to
+	// its end, since no new arrival will report what is left.
+	dry, hup bool
+}
+
+// readable notes what an event of src says.
+func (d *direction) readable(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		d.dry = false
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		d.hup = true
+	}
 }
 
 func (d *direction) pending() bool { return d.end > d.off || d.inPipe > 0 }
@@ -691,19 +761,23 @@ func (c *pconn) pump(d *direction) {
 		if d.eof {
 			if !d.shut {
 				d.shut = true
-				if err := rawShutdown(*d.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
-					c.abort()
+				if c.up.shut && c.down.shut {
+					c.close() // closing sends the FIN a shutdown would
 					return
 				}
-				if c.up.shut && c.down.shut {
-					c.close()
+				if err := rawShutdown(*d.dst, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+					c.abort()
 				}
 			}
 			return
 		}
-		n, err := d.fill()
+		if d.dry {
+			return
+		}
+		n, full, err := d.fill()
 		switch {
 		case err == unix.EAGAIN:
+			d.dry = true
 			if d.buf != nil && !d.pending() {
 				smallBufs.Put(d.buf) // idle: hold no buffer
 				d.buf = nil
@@ -715,13 +789,16 @@ func (c *pconn) pump(d *direction) {
 			return
 		case n == 0:
 			d.eof = true
+		case !full && !d.hup:
+			d.dry = true // flushed on the next turn, then wait for an event
 		}
 	}
 }
 
 // fill reads what src has: into the buffer for the first spliceAfter
-// bytes, then by splice into the pipe.
-func (d *direction) fill() (int, error) {
+// bytes, then by splice into the pipe. full says the read took all the
+// room it had (src may have more).
+func (d *direction) fill() (n int, full bool, err error) {
 	if d.copied >= spliceAfter && d.pipe == [2]int{} {
 		var p [2]int
 		if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err == nil {
@@ -736,21 +813,22 @@ func (d *direction) fill() (int, error) {
 	if d.pipe != [2]int{} {
 		n, err := rawSplice(*d.src, d.pipe[1], spliceChunk)
 		if n > 0 {
-			d.inPipe += int(n)
-			d.copied += int(n)
+			d.inPipe += n
+			d.copied += n
+			return n, n == spliceChunk, nil
 		}
-		return int(n), err
+		return max(n, 0), false, err
 	}
 	if d.buf == nil {
 		d.buf = smallBufs.Get().(*[]byte)
 	}
-	n, err := rawRead(*d.src, *d.buf)
+	n, err = rawRead(*d.src, *d.buf)
 	if n > 0 {
 		d.off, d.end = 0, n
 		d.copied += n
-		return n, nil
+		return n, n == len(*d.buf), nil
 	}
-	return max(n, 0), err
+	return max(n, 0), false, err
 }
 
 // spliceChunk is the most one splice moves: a pipe's default capacity.
