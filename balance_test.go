@@ -185,8 +185,8 @@ func TestStickyKeepsAClientOnItsWorker(t *testing.T) {
 func TestStuckWorkerDoesNotStallTheOthers(t *testing.T) {
 	s, addr, stop := handoffCluster(t, herd.BalanceRoundRobin, 2)
 	frozen := s.Workers()[1].PID
-	syscall.Kill(frozen, syscall.SIGSTOP)
 	defer syscall.Kill(frozen, syscall.SIGCONT)
+	herdtest.Freeze(t, frozen)
 	// Two requests: one of them is handed to the frozen worker and waits.
 	waiting := make(chan error, 2)
 	connected := make(chan struct{}, 2)
@@ -206,8 +206,16 @@ func TestStuckWorkerDoesNotStallTheOthers(t *testing.T) {
 	}
 	<-connected
 	<-connected
+	// Once the primary has handed the frozen worker its connection (the
+	// dials return as soon as the kernel has queued them, before the
+	// primary accepts: on a loaded machine that can be a while), and that
+	// connection has gone untaken for longer than the primary waits for a
+	// take (200 ms)...
+	if !herdtest.Eventually(10*time.Second, func() bool { return s.Workers()[1].Conns == 1 }) {
+		t.Fatalf("the frozen worker was not handed a connection: %+v", s.Workers())
+	}
 	time.Sleep(500 * time.Millisecond)
-	// Meanwhile new connections are served by worker 0, promptly.
+	// ... new connections are served by worker 0, promptly.
 	for i := range 20 {
 		begin := time.Now()
 		r := askFrom(t, nil, addr)

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -276,7 +275,7 @@ func TestHungWorkerIsReplaced(t *testing.T) {
 	if w := s.Workers()[0]; w.PID != hung {
 		t.Fatalf("a beating worker was replaced: %+v", w)
 	}
-	syscall.Kill(hung, syscall.SIGSTOP)
+	herdtest.Freeze(t, hung)
 	if !herdtest.Eventually(20*time.Second, func() bool { w := s.Workers()[0]; return w.PID != hung && w.Ready }) {
 		t.Fatalf("the hung worker %d was not replaced: %+v", hung, s.Workers())
 	}

@@ -283,3 +283,38 @@ func Alive(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
+
+// Freeze stops pid with SIGSTOP and returns once every thread of it has
+// stopped. kill returns before that: a thread that is running, or woken
+// by input, can still run user code until the group stop reaches it, and
+// on a loaded machine that is long enough to serve a connection.
+func Freeze(t testing.TB, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop %d: %v", pid, err)
+	}
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	if _, err := os.Stat(dir); err != nil {
+		return // no /proc here: the signal is all there is
+	}
+	stopped := func() bool {
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			return false
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+			if err != nil {
+				continue // the thread is gone
+			}
+			s := string(b)
+			if i := strings.LastIndexByte(s, ')'); i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+				return false
+			}
+		}
+		return true
+	}
+	if !Eventually(10*time.Second, stopped) {
+		t.Fatalf("process %d did not stop within 10s of SIGSTOP", pid)
+	}
+}
