@@ -412,8 +412,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer s.Close()
-	for _, l := range s.Listeners() {
-		s.log.Info("listening", "name", l.Name, "addr", l.Addr.String(), "balance", string(s.opts.Balance), "sockets", l.Sockets)
+	for i, l := range s.Listeners() {
+		attrs := []any{"name", l.Name, "addr", l.Addr.String(), "balance", string(s.opts.Balance), "sockets", l.Sockets}
+		if steering := s.sockets.Groups[i].Steering(); steering != "" {
+			attrs = append(attrs, "steering", steering)
+		}
+		s.log.Info("listening", attrs...)
 	}
 
 	s.spawner = newSpawner()

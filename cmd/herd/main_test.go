@@ -106,10 +106,18 @@ func TestWorkersGetTheirSocketsAndIDs(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, nil, argv("-w", "3", "-l", "a=127.0.0.1:0", "-l", "b=127.0.0.1:0", worker("http"))...)
 	waitServing(t, h, 3)
+	// Where the kernel takes herd's eBPF program, the slots take new
+	// connections in turn: exactly a third each.
+	roundRobin := strings.Contains(h.Stderr(), "steering=round-robin")
+	if !roundRobin && !strings.Contains(h.Stderr(), "steering=\"flow hash\"") {
+		t.Errorf("herd did not say how the kernel spreads connections:\n%s", h.Stderr())
+	}
 	for _, name := range []string{"a", "b"} {
 		seen := map[int]bool{}
+		per := map[int]int{}
 		for _, r := range replies(t, "http://"+h.Addr(name)+"/", 60, 6) {
 			seen[r.ID] = true
+			per[r.ID]++
 			if r.FDs != 2 || r.Names != "a:b" || r.Workers != 3 {
 				t.Errorf("worker %d got LISTEN_FDS=%d LISTEN_FDNAMES=%q HERD_WORKERS=%d, want 2, a:b and 3", r.ID, r.FDs, r.Names, r.Workers)
 			}
@@ -117,6 +125,9 @@ func TestWorkersGetTheirSocketsAndIDs(t *testing.T) {
 		for id := range 3 {
 			if !seen[id] {
 				t.Errorf("listener %s: no reply from worker %d (seen %v)", name, id, seen)
+			}
+			if roundRobin && per[id] != 20 {
+				t.Errorf("listener %s: 60 connections landed %v, want 20 per worker in turn", name, per)
 			}
 		}
 	}

@@ -106,8 +106,10 @@ func clientsSpread(t *testing.T, s *Set, local *net.TCPAddr, remote string, live
 	}
 }
 
-func TestProbesReachTheSlotTheyName(t *testing.T) {
-	s := mustOpen(t, Reuseport, 4, "127.0.0.1:0")
+func TestProbesReachTheSlotTheyName(t *testing.T) { bothPrograms(t, testProbesReachTheSlotTheyName) }
+
+func testProbesReachTheSlotTheyName(t *testing.T, classic bool) {
+	s := openProgram(t, classic, 4, "127.0.0.1:0")
 	port := s.Groups[0].Addr.(*net.TCPAddr).Port
 	for slot := range 4 {
 		remote, local, ok := s.ProbeTarget(0, slot)
@@ -151,9 +153,11 @@ func TestProbesReachTheSlotTheyName(t *testing.T) {
 }
 
 // Slot numbers above 255 use the third byte of the address.
-func TestProbesOfSlotsAbove255(t *testing.T) {
+func TestProbesOfSlotsAbove255(t *testing.T) { bothPrograms(t, testProbesOfSlotsAbove255) }
+
+func testProbesOfSlotsAbove255(t *testing.T, classic bool) {
 	const slots = 300
-	s := mustOpen(t, Reuseport, slots, "127.0.0.1:0")
+	s := openProgram(t, classic, slots, "127.0.0.1:0")
 	if _, local, _ := s.ProbeTarget(0, 258); local.String() != "127.254.1.2:0" {
 		t.Fatalf("slot 258 probes from %v, want 127.254.1.2:0", local)
 	}
@@ -169,13 +173,15 @@ func TestProbesOfSlotsAbove255(t *testing.T) {
 // On a dual-stack [::] listener IPv4 probes still pick their slot, and
 // native IPv6 clients (whose header the probe test must not misread) are
 // balanced over the live slots.
-func TestProbesOnADualStackListener(t *testing.T) {
+func TestProbesOnADualStackListener(t *testing.T) { bothPrograms(t, testProbesOnADualStackListener) }
+
+func testProbesOnADualStackListener(t *testing.T, classic bool) {
 	l, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 here: %v", err)
 	}
 	l.Close()
-	s := mustOpen(t, Reuseport, 4, "[::]:0")
+	s := openProgram(t, classic, 4, "[::]:0")
 	addr := s.Groups[0].Addr.(*net.TCPAddr)
 	if !addr.IP.Equal(net.IPv6unspecified) {
 		t.Fatalf("listener address %v, want [::] (dual-stack)", addr)
@@ -198,7 +204,9 @@ func TestProbesOnADualStackListener(t *testing.T) {
 
 // A listener on one non-loopback IPv4 address is probed on that address,
 // still from 127.254.0.0/16.
-func TestProbesOnASpecificAddress(t *testing.T) {
+func TestProbesOnASpecificAddress(t *testing.T) { bothPrograms(t, testProbesOnASpecificAddress) }
+
+func testProbesOnASpecificAddress(t *testing.T, classic bool) {
 	var ip net.IP
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
@@ -210,7 +218,7 @@ func TestProbesOnASpecificAddress(t *testing.T) {
 	if ip == nil {
 		t.Skip("no non-loopback IPv4 address here")
 	}
-	s := mustOpen(t, Reuseport, 3, net.JoinHostPort(ip.String(), "0"))
+	s := openProgram(t, classic, 3, net.JoinHostPort(ip.String(), "0"))
 	remote, _, _ := s.ProbeTarget(0, 1)
 	if !remote.IP.Equal(ip) {
 		t.Fatalf("probe remote %v, want %v", remote, ip)
@@ -271,8 +279,10 @@ func TestProbeTargetWithoutPerSlotSteering(t *testing.T) {
 
 // Live sets in any order, with gaps: each run of consecutive live slots
 // takes its share, and probes still reach every slot.
-func TestSteerMapsRunsOfLiveSlots(t *testing.T) {
-	s := mustOpen(t, Reuseport, 8, "127.0.0.1:0")
+func TestSteerMapsRunsOfLiveSlots(t *testing.T) { bothPrograms(t, testSteerMapsRunsOfLiveSlots) }
+
+func testSteerMapsRunsOfLiveSlots(t *testing.T, classic bool) {
+	s := openProgram(t, classic, 8, "127.0.0.1:0")
 	addr := s.Groups[0].Addr.String()
 	for _, live := range [][]int{{0, 1, 3, 4, 5, 7}, {7, 5, 3, 3}, {6}, {1, 2, 3, 4, 5, 6, 7}} {
 		if err := s.Steer(live); err != nil {
@@ -287,13 +297,15 @@ func TestSteerMapsRunsOfLiveSlots(t *testing.T) {
 
 // A group near herd's 4096-worker limit with one worker down: a program
 // with one test per live slot would pass the kernel's 4096 instructions.
-func TestSteerALargeGroup(t *testing.T) {
+func TestSteerALargeGroup(t *testing.T) { bothPrograms(t, testSteerALargeGroup) }
+
+func testSteerALargeGroup(t *testing.T, classic bool) {
 	const slots = 3000
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < slots+200 {
 		t.Skipf("open files limit %d is too low for %d sockets", lim.Cur, slots)
 	}
-	s := mustOpen(t, Reuseport, slots, "127.0.0.1:0")
+	s := openProgram(t, classic, slots, "127.0.0.1:0")
 	live := make([]int, 0, slots)
 	for i := range slots {
 		if i != 1500 {

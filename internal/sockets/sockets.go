@@ -45,14 +45,19 @@ type Group struct {
 	// name (see ProbeTarget), and a program stays attached until the next
 	// one replaces it, so once set it stays set.
 	steered atomic.Bool
+	// rr is the round-robin program steering the group, when the kernel
+	// took it; rrErr why it did not (the classic program steers then).
+	rr    *roundRobin
+	rrErr error
 }
 
 // Set is every listening socket of a cluster. The primary opens it before
 // any worker starts and closes it after the last worker has exited.
 type Set struct {
-	Groups []*Group
-	mode   Mode
-	slots  atomic.Int64 // slots the sockets are open for
+	Groups  []*Group
+	mode    Mode
+	classic bool         // never try the round-robin program
+	slots   atomic.Int64 // slots the sockets are open for
 	// live is the last live set given to Steer, for Grow to re-steer with.
 	liveMu sync.Mutex
 	live   []int
@@ -61,10 +66,16 @@ type Set struct {
 // Open opens every listener for slots worker slots. On error nothing is
 // left open and the error names the address.
 func Open(specs []Spec, mode Mode, slots int) (*Set, error) {
+	return open(specs, mode, slots, false)
+}
+
+// open is Open; with classic, reuseport groups are steered by the classic
+// program even where the round-robin one would load (for its tests).
+func open(specs []Spec, mode Mode, slots int, classic bool) (*Set, error) {
 	if mode == Reuseport && !reuseportSupported {
 		return nil, fmt.Errorf("--balance reuseport: %w (SO_REUSEPORT balancing needs Linux); use --balance shared", ErrUnsupported)
 	}
-	s := &Set{mode: mode}
+	s := &Set{mode: mode, classic: classic}
 	s.slots.Store(int64(slots))
 	for _, spec := range specs {
 		g, err := openGroup(spec, mode, slots)
@@ -233,6 +244,25 @@ func (g *Group) Sockets() int {
 	return len(g.files)
 }
 
+// Steering says how the kernel spreads new connections over the group's
+// sockets: "round-robin" (herd's eBPF program), "flow hash" (herd's
+// classic BPF program, where the kernel refused the eBPF one), "kernel
+// hash" (no program: the kernel refused both), or "" for a group of one
+// socket, which has nothing to spread.
+func (g *Group) Steering() string {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	switch {
+	case len(g.files) < 2:
+		return ""
+	case g.rr != nil:
+		return "round-robin"
+	case g.steered.Load():
+		return "flow hash"
+	}
+	return "kernel hash"
+}
+
 // Grow opens the sockets of slots up to n in reuseport mode (shared mode
 // needs none), when the cluster scales up. Sockets are never closed while
 // the cluster runs, so a scale-down followed by a scale-up reuses them and
@@ -289,6 +319,8 @@ func (g *Group) close() error {
 		errs = append(errs, f.Close())
 	}
 	g.files = nil
+	g.rr.close()
+	g.rr = nil
 	if g.Spec.Network == "unix" && g.unixIno != 0 {
 		if fi, err := os.Lstat(g.Spec.Address); err == nil && inode(fi) == g.unixIno {
 			if err := os.Remove(g.Spec.Address); err != nil {

@@ -26,6 +26,44 @@ func mustOpen(t *testing.T, mode Mode, slots int, addrs ...string) *Set {
 	return s
 }
 
+// bothPrograms runs test with each steering program: the round-robin
+// one (skipped where the kernel refuses it) and the classic one.
+func bothPrograms(t *testing.T, test func(t *testing.T, classic bool)) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reuseport steering is Linux only")
+	}
+	t.Run("round-robin", func(t *testing.T) { test(t, false) })
+	t.Run("classic", func(t *testing.T) { test(t, true) })
+}
+
+// openProgram opens a reuseport set steered by the round-robin program, or
+// with classic by the classic one.
+func openProgram(t *testing.T, classic bool, slots int, addrs ...string) *Set {
+	t.Helper()
+	specs, err := ParseSpecs(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := open(specs, Reuseport, slots, classic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	want := "round-robin"
+	if classic {
+		want = "flow hash"
+	}
+	for _, g := range s.Groups {
+		if got := g.Steering(); got != "" && got != want {
+			if !classic && got == "flow hash" {
+				t.Skipf("the kernel refused the round-robin program (%v): only the classic one is tested here", g.rrErr)
+			}
+			t.Fatalf("listener %s is steered by %q, want %q", g.Spec.Name, got, want)
+		}
+	}
+	return s
+}
+
 // accepted counts the connections waiting on each socket of g.
 func accepted(t *testing.T, g *Group) []int {
 	t.Helper()
@@ -63,10 +101,14 @@ func dialN(t *testing.T, addr string, n int) {
 
 // Steer must route by slot: socket i of a group is slot i.
 func TestSteerSendsNewConnectionsToLiveSlotsOnly(t *testing.T) {
+	bothPrograms(t, testSteerSendsNewConnectionsToLiveSlotsOnly)
+}
+
+func testSteerSendsNewConnectionsToLiveSlotsOnly(t *testing.T, classic bool) {
 	if runtime.GOOS != "linux" {
 		t.Skip("reuseport steering is Linux only")
 	}
-	s := mustOpen(t, Reuseport, 3, "127.0.0.1:0")
+	s := openProgram(t, classic, 3, "127.0.0.1:0")
 	g := s.Groups[0]
 	addr := g.Addr.String()
 	for _, live := range [][]int{{1}, {2}, {0, 2}} {

@@ -39,6 +39,10 @@ const (
 // in backoff), where they would wait for that slot's next start. An empty
 // live set spreads connections over every socket again.
 //
+// Where the kernel takes an eBPF program (CAP_BPF), the live slots take
+// new connections in turn (see roundRobin); elsewhere a classic program
+// spreads them by flow hash (see steeringProgram).
+//
 // Probe connections (see ProbeTarget) are not steered by live: they reach
 // the slot they name, live or not, because a probe must answer for that
 // slot's worker even while clients are kept away from it.
@@ -55,16 +59,16 @@ func (s *Set) Steer(live []int) error {
 	s.liveMu.Unlock()
 	var errs []error
 	for _, g := range s.Groups {
-		if err := g.steer(live); err != nil {
+		if err := g.steer(live, s.classic); err != nil {
 			errs = append(errs, fmt.Errorf("steer %s: %w", g.Spec.Name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (g *Group) steer(live []int) error {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
+func (g *Group) steer(live []int, classic bool) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	// One socket (a group of one slot, or a unix: listener) has nothing
 	// to choose between.
 	if len(g.files) < 2 {
@@ -85,6 +89,21 @@ func (g *Group) steer(live []int) error {
 	// (see steeringProgram).
 	slices.Sort(targets)
 	targets = slices.Compact(targets)
+	// The round-robin program when the kernel takes it (see roundRobin),
+	// else the classic one.
+	if g.rrErr == nil && !classic {
+		if g.rr == nil {
+			g.rr, g.rrErr = newRoundRobin(g.files, targets)
+		} else {
+			g.rrErr = g.rr.update(g.files, targets)
+		}
+		if g.rrErr == nil {
+			g.steered.Store(true)
+			return nil
+		}
+		g.rr.close()
+		g.rr = nil
+	}
 	return g.attach(steeringProgram(len(g.files), targets))
 }
 
