@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/herd-sh/herd/internal/ipc"
+	"github.com/herd-sh/herd/internal/sockets"
 )
 
 // Hand-over of connections (BalanceRoundRobin, BalanceLeastConn,
@@ -95,10 +96,10 @@ func (h *handover) serve(l *os.File, name string) {
 			for len(batch) < acceptBatch {
 				// Raw accept4: the descriptor goes to a worker, so it
 				// is not worth registering with the poller here.
-				nfd, sa, err := accept(int(fd))
+				nfd, ip, err := sockets.Accept(int(fd), false)
 				switch {
 				case err == nil:
-					batch = append(batch, handed{fd: nfd, listener: name, ip: addrOf(sa)})
+					batch = append(batch, handed{fd: nfd, listener: name, ip: ip})
 				case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 				case errors.Is(err, unix.EAGAIN):
 					return len(batch) > 0
@@ -122,16 +123,6 @@ func (h *handover) serve(l *os.File, name string) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-}
-
-func addrOf(sa unix.Sockaddr) netip.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr).Unmap()
-	}
-	return netip.Addr{}
 }
 
 // dispatch gives c to a worker, or parks it if none can take it now.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/herd-sh/herd/internal/sockets"
 )
 
 // The event loops of ServeSocket: a few goroutines, each with an epoll set
@@ -134,16 +136,6 @@ func listenCopy(f *os.File) (int, error) {
 		unix.SetsockoptInt(fd, o[0], o[1], o[2])
 	}
 	return fd, nil
-}
-
-func ipOf(sa unix.Sockaddr) netip.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr).Unmap()
-	}
-	return netip.Addr{}
 }
 
 func (p *Proxy) startEngine() (*engine, error) {
@@ -398,11 +390,11 @@ func (l *loop) unlisten(a *acceptor) {
 // on a socket that stays readable. Any other error ends the acceptor.
 func (l *loop) accept(a *acceptor) {
 	for range eventsPerWait {
-		nfd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, ip, err := sockets.Accept(a.fd, true)
 		switch {
 		case err == nil:
 			a.open.Add(1)
-			l.start(nfd, ipOf(sa), a)
+			l.start(nfd, ip, a)
 			continue
 		case err == unix.EAGAIN:
 			delete(l.backoff, a) // it works again: the next pause starts short
