@@ -22,6 +22,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testworker.Main()
+	floodMain() // TestFloodIsHeldBackByASlowHandler's primary and worker
 	// A self-forked copy of this test binary (TestSelfFork) is a worker.
 	if os.Getenv("HERD_TEST_SELF_FORK") == "1" && worker.IsWorker() {
 		if err := testworker.Lib(); err != nil {

@@ -149,9 +149,12 @@ func TestOversizedAndInvalidMessagesAreDropped(t *testing.T) {
 }
 
 // Worker 0 floods broadcasts; worker 1 never reads its channel; worker 2
-// reads. The flood reaches worker 2, the relays to worker 1 are dropped
-// once it is stalled, the primary's memory stays bounded, and a message
-// from the operator to worker 2 still gets through during the flood.
+// reads. The whole flood reaches worker 2 (a relay to a reader waits for
+// room, which slows the sender: none is dropped), the relays to worker 1
+// are dropped once it is stalled, the primary's memory stays bounded, and
+// a message from the operator to worker 2 still gets through during the
+// flood. (The relays to worker 2 make this flood slow under the race
+// detector: TestHugeFloodLeavesThePrimarysMemoryAlone floods far more.)
 func TestFloodingWorkerIsContained(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, []string{"TEST_SLOT0=rawipc bcast:30000", "TEST_SLOT1=rawipc", "TEST_SLOT2=lib", "TEST_COUNT_RELAYS=1"},
@@ -177,5 +180,38 @@ func TestFloodingWorkerIsContained(t *testing.T) {
 	}
 	if peak := peakRSS(t, h.Cmd.Process.Pid); peak > memoryBound {
 		t.Errorf("primary peaked at %d MB during a 30 MB broadcast flood", peak>>20)
+	}
+}
+
+// Worker 0 floods 300 MB of broadcasts, more than twice what the primary
+// may ever hold, at worker 1, which never reads its channel (the slowest
+// handler there is). The primary reads the whole flood (worker 0 gets to
+// the end of it), drops the relays once worker 1 is stalled, says so, and
+// its memory stays far below the flood's size: nothing of the flood is
+// kept, in a read-ahead queue or in worker 1's queue.
+func TestHugeFloodLeavesThePrimarysMemoryAlone(t *testing.T) {
+	t.Parallel()
+	const floodMB = 300 // broadcasts of 1 KiB
+	if floodMB<<20 < 2*memoryBound {
+		t.Fatal("the flood is not far larger than the memory bound")
+	}
+	h := startHerd(t, []string{"TEST_SLOT0=rawipc bcast:" + strconv.Itoa(floodMB<<10), "TEST_SLOT1=rawipc"},
+		argv("-w", "2", worker("byslot"))...)
+	flooded := func() bool {
+		for _, l := range h.StdoutLines() {
+			if strings.HasPrefix(l, "w0 ") && strings.HasSuffix(l, "| rawipc done") {
+				return true
+			}
+		}
+		return false
+	}
+	if !herdtest.Eventually(60*time.Second, func() bool { return flooded() || h.Exited() }) || h.Exited() {
+		t.Fatalf("worker 0 did not get to the end of its flood:\n%s", h.Stderr())
+	}
+	if peak := peakRSS(t, h.Cmd.Process.Pid); peak > memoryBound {
+		t.Errorf("primary peaked at %d MB during a %d MB broadcast flood", peak>>20, floodMB)
+	}
+	if line := h.WaitLog("receiver is not reading its channel", time.Second); !strings.Contains(line, "worker=1") || !strings.Contains(line, "from=0") {
+		t.Errorf("the dropped relays are logged as %q, want them to name the stalled worker 1 and the sender 0", line)
 	}
 }
