@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -135,6 +136,16 @@ func TestOversizedAndInvalidMessagesAreDropped(t *testing.T) {
 	bad := h.Count(`msg="dropped a message from worker"`)
 	if bad < 2 || bad > 20 {
 		t.Errorf("%d log lines about 2000 bad lines, want a few (rate-limited)", bad)
+	}
+	// Each of them names the worker that sent the bad lines, and its pid.
+	pid := regexp.MustCompile(`msg="worker started" worker=0 pid=(\d+)`).FindStringSubmatch(h.Stderr())
+	if pid == nil {
+		t.Fatalf("no start line for worker 0:\n%s", h.Stderr())
+	}
+	for _, line := range strings.Split(h.Stderr(), "\n") {
+		if strings.Contains(line, `msg="dropped a message from worker"`) && (!strings.Contains(line, " worker=0 ") || !strings.Contains(line, " pid="+pid[1]+" ")) {
+			t.Errorf("drop logged as %q, want worker=0 pid=%s", line, pid[1])
+		}
 	}
 	if !strings.Contains(h.Stderr(), "not_logged=") || !strings.Contains(h.Stderr(), "malformed message") {
 		t.Errorf("the log does not say how many went unlogged, or why:\n%s", h.Stderr())
