@@ -235,3 +235,61 @@ func TestCloseWithoutRunGivesBackSockets(t *testing.T) {
 		t.Fatalf("fds %d after Close, %d before New", n, before)
 	}
 }
+
+// A worker's uptime counts from its own start: it grows while the worker
+// runs, starts again from zero when the worker is replaced (gracefully or
+// after a crash), leaves the other slots' alone, and is 0 once there is no
+// worker. The bounds below follow from the order of the calls alone.
+func TestUptimeGrowsAndRestartsWithTheWorker(t *testing.T) {
+	begin := time.Now()
+	s, stop := start(t, herd.Options{Command: testworker.Command("lib"), Workers: 2})
+	ws := waitState(t, s, herd.StateReady)
+	first := ws[0]
+	u1 := first.Uptime()
+	if first.Started.Before(begin) || u1 <= 0 || u1 > time.Since(begin) {
+		t.Fatalf("worker 0 started %v (test began %v), uptime %v: want a start after the test began and an uptime since then", first.Started, begin, u1)
+	}
+	const pause = 200 * time.Millisecond
+	time.Sleep(pause)
+	later := s.Workers()[0]
+	if !later.Started.Equal(first.Started) || later.PID != first.PID {
+		t.Fatalf("worker 0 changed while nothing happened: %+v, then %+v", first, later)
+	}
+	if u2 := later.Uptime(); u2 < u1+pause {
+		t.Errorf("uptime %v, then %v after a %v pause: it does not grow", u1, u2, pause)
+	}
+
+	// A graceful restart: Restart returns once the new worker serves.
+	asked := time.Now()
+	if err := s.Restart(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	now := s.Workers()
+	if now[0].PID == first.PID || now[0].PID == 0 || !now[0].Started.After(asked) || now[0].Uptime() > time.Since(asked) {
+		t.Errorf("after Restart(0): %+v, uptime %v; want a new pid started after the restart was asked for (%v)", now[0], now[0].Uptime(), asked)
+	}
+	if !now[1].Started.Equal(ws[1].Started) || now[1].Uptime() < time.Since(asked) {
+		t.Errorf("worker 1 was not restarted, but its start moved: %v, then %v (uptime %v)", ws[1].Started, now[1].Started, now[1].Uptime())
+	}
+
+	// A crash: the replacement's uptime counts from its own start.
+	killed := time.Now()
+	syscall.Kill(now[1].PID, syscall.SIGKILL)
+	var w1 herd.WorkerInfo
+	herdtest.Eventually(15*time.Second, func() bool {
+		w1 = s.Workers()[1]
+		return w1.Restarts == 1 && w1.State == herd.StateReady && w1.PID != 0
+	})
+	if w1.Restarts != 1 || w1.PID == now[1].PID || !w1.Started.After(killed) || w1.Uptime() > time.Since(killed) || w1.Uptime() <= 0 {
+		t.Errorf("slot 1 after kill -9: %+v, uptime %v; want a new worker started after the kill (%v)", w1, w1.Uptime(), killed)
+	}
+
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range s.Workers() {
+		if w.Uptime() != 0 {
+			t.Errorf("worker %d: uptime %v with no process (%+v)", w.ID, w.Uptime(), w)
+		}
+	}
+}

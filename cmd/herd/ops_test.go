@@ -31,6 +31,35 @@ func status(t *testing.T, ctl string) statusView {
 	return st
 }
 
+// timedStatus runs herd status --json and says when it was asked for and
+// when it had answered.
+func timedStatus(t *testing.T, ctl string) (st statusView, asked, answered time.Time) {
+	t.Helper()
+	asked = time.Now()
+	st = status(t, ctl)
+	return st, asked, time.Now()
+}
+
+// checkUptime checks that a worker's uptime_seconds agrees with its
+// started time and with when the status was asked for and answered. The
+// bounds follow from the order of events alone: started is in whole
+// seconds (RFC 3339), the uptime is rounded to the millisecond.
+func checkUptime(t *testing.T, w workerView, asked, answered time.Time) {
+	t.Helper()
+	started, err := time.Parse(time.RFC3339, w.Started)
+	if err != nil {
+		t.Fatalf("worker %d: started %q: %v", w.ID, w.Started, err)
+	}
+	uptime := time.Duration(w.UptimeSec * float64(time.Second))
+	const ms = time.Millisecond
+	if longest := answered.Sub(started) + ms; w.UptimeSec <= 0 || uptime > longest {
+		t.Errorf("worker %d: uptime_seconds %v, started %s, answered %v after it: want more than 0, at most that", w.ID, w.UptimeSec, w.Started, longest)
+	}
+	if shortest := asked.Sub(started.Add(time.Second)) - ms; uptime < shortest {
+		t.Errorf("worker %d: uptime_seconds %v, started %s, asked %v after it: want at least that", w.ID, w.UptimeSec, w.Started, shortest)
+	}
+}
+
 // waitWorkers waits until status shows n workers, all ready and none
 // being replaced.
 func waitWorkers(t *testing.T, ctl string, n int) statusView {
@@ -252,6 +281,11 @@ func TestRestartStopAndLogs(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
+	first, firstAsked, firstAnswered := timedStatus(t, ctl)
+	for _, w := range first.Workers {
+		checkUptime(t, w, firstAsked, firstAnswered)
+	}
+	restartAsked := time.Now()
 	if code, _, stderr := herdCtl(t, ctl, "restart", "1"); code != 0 {
 		t.Fatalf("herd restart 1: exit %d: %s", code, stderr)
 	}
@@ -269,6 +303,20 @@ func TestRestartStopAndLogs(t *testing.T) {
 	}
 	follow.Process.Signal(syscall.SIGINT)
 	follow.Wait()
+
+	// Uptimes: worker 0's went on growing, worker 1's counts from the
+	// restart.
+	st, asked, answered := timedStatus(t, ctl)
+	for _, w := range st.Workers {
+		checkUptime(t, w, asked, answered)
+	}
+	if w := st.Workers[0]; w.PID != first.Workers[0].PID || w.Started != first.Workers[0].Started ||
+		w.UptimeSec < first.Workers[0].UptimeSec+asked.Sub(firstAnswered).Seconds()-0.002 {
+		t.Errorf("worker 0 before the restart of 1: %+v, after: %+v; want the same start, the uptime grown by the time between", first.Workers[0], w)
+	}
+	if w := st.Workers[1]; w.UptimeSec > answered.Sub(restartAsked).Seconds()+0.001 {
+		t.Errorf("worker 1: uptime_seconds %v, %v after herd restart was run: it did not start again from 0", w.UptimeSec, answered.Sub(restartAsked))
+	}
 
 	if code, _, stderr := herdCtl(t, ctl, "stop"); code != 0 {
 		t.Fatalf("herd stop: exit %d: %s", code, stderr)
