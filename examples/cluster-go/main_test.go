@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"regexp"
@@ -50,18 +51,29 @@ func TestPrimaryCountsTheWorkersRequests(t *testing.T) {
 	if !ok {
 		t.Fatalf("first line %q", first)
 	}
+	// Every request is answered (a failure is retried until the deadline,
+	// which only a cluster that serves nothing reaches); count the answers
+	// of each worker.
 	c := herdtest.NewClient(false)
 	const n = 60
-	ok2 := 0
+	answered := map[int]int{}
+	ok2, failed := 0, 0
+	var lastErr error
 	deadline := time.Now().Add(20 * time.Second)
 	for ok2 < n && time.Now().Before(deadline) {
-		if _, err := herdtest.Get(c, "http://"+addr+"/"); err == nil {
+		if r, err := herdtest.Get(c, "http://"+addr+"/"); err == nil {
 			ok2++
+			answered[r.ID]++
 		} else {
+			failed++
+			lastErr = err
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	c.CloseIdleConnections()
+	if ok2 != n {
+		t.Errorf("%d of %d requests answered (%d attempts failed, the last with %v)", ok2, n, failed, lastErr)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	var rest []string
 	for l := range lines {
@@ -75,17 +87,20 @@ func TestPrimaryCountsTheWorkersRequests(t *testing.T) {
 		t.Fatalf("output %q, want a total", rest)
 	}
 	total, _ := strconv.Atoi(re.FindStringSubmatch(rest[0])[1])
-	if total != ok2 {
+	if total != ok2 || total == 0 {
 		t.Errorf("total %d, but %d requests were answered", total, ok2)
 	}
-	sum := 0
+	// A line per worker that answered, with as many as it answered.
+	printed := map[int]int{}
 	for _, l := range rest[1:] {
 		var id, k int
-		if _, err := fmt.Sscanf(l, "worker %d: %d", &id, &k); err == nil {
-			sum += k
+		if _, err := fmt.Sscanf(l, "worker %d: %d", &id, &k); err != nil {
+			t.Errorf("output line %q is not \"worker ID: N\"", l)
+			continue
 		}
+		printed[id] = k
 	}
-	if sum != total {
-		t.Errorf("per-worker counts add up to %d, total says %d", sum, total)
+	if !maps.Equal(printed, answered) {
+		t.Errorf("the example printed per-worker counts %v (output %q); the workers answered %v", printed, rest, answered)
 	}
 }
