@@ -31,8 +31,14 @@ import (
 //	TEST_NOT_READY_IF=FILE  when FILE exists at start, serve but never
 //	                say herd.ready (a reload to a broken version)
 //
-// Lib runs the lib role in this process (for a self-forked test binary).
-func Lib() error { return libWorker() }
+// Lib runs the lib role in this process (for a self-forked test binary);
+// with TEST_SELF_FORK_ROLE=tasks, the tasks role (a self-forked Pool).
+func Lib() error {
+	if os.Getenv("TEST_SELF_FORK_ROLE") == "tasks" {
+		return taskWorker()
+	}
+	return libWorker()
+}
 
 func libWorker() error {
 	var w *worker.Worker
