@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -306,6 +307,61 @@ func TestReaderSkipsOverlongLinesWithoutHoldingThem(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"a", "b", "tail"}, got); diff != "" || tooLong != 1 || r.Skipped != 1 {
 		t.Fatalf("types %v (diff %s), %d too long, Skipped %d", got, diff, tooLong, r.Skipped)
+	}
+}
+
+var xs = bytes.Repeat([]byte("x"), 64<<10)
+
+// endlessLine streams a line of n 'x' bytes and then the lines of tail,
+// without ever holding the long line: a worker writing a huge message.
+type endlessLine struct {
+	n    int
+	tail string
+}
+
+func (r *endlessLine) Read(p []byte) (int, error) {
+	if r.n > 0 {
+		k := copy(p[:min(len(p), r.n)], xs)
+		r.n -= k
+		return k, nil
+	}
+	if r.tail == "" {
+		return 0, io.EOF
+	}
+	k := copy(p, r.tail)
+	r.tail = r.tail[k:]
+	return k, nil
+}
+
+// A line hundreds of times longer than the limit streams past the Reader
+// in pieces: its buffer stays within the limit, and all it allocates while
+// skipping the line is of the order of the limit, not of the line (a
+// Reader that held the line would allocate all 256 MiB of it).
+func TestReaderSkipsOverlongLinesInBoundedMemory(t *testing.T) {
+	const line = 256 << 20
+	for _, limit := range []int{4 << 10, 64 << 10, 1 << 20} {
+		r := NewReader(&endlessLine{n: line, tail: "\n" + `{"type":"after"}` + "\n"}, limit)
+		if size := r.br.Size(); size > limit+1 {
+			t.Errorf("limit %d: a buffer of %d bytes", limit, size)
+		}
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := r.ReadLine()
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, ErrTooLong) {
+			t.Fatalf("limit %d: the long line read as %v, want ErrTooLong", limit, err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > uint64(8*limit+64<<10) {
+			t.Errorf("limit %d: skipping a %d MiB line allocated %d KiB, want a few times the limit at most", limit, line>>20, grew>>10)
+		}
+		if size := r.br.Size(); size > limit+1 {
+			t.Errorf("limit %d: the buffer grew to %d bytes", limit, size)
+		}
+		next, err := r.ReadLine()
+		if err != nil || string(next) != `{"type":"after"}` {
+			t.Errorf("limit %d: the line after the long one: %q, %v", limit, next, err)
+		}
 	}
 }
 
