@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/herd-sh/herd/internal/herdtest"
 )
 
 func intp(i int) *int { return &i }
@@ -684,5 +687,60 @@ func BenchmarkReader(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Every example line of docs/protocol.md (herdtest.ProtocolExamples says
+// how the document marks them) decodes, and the ones made only of members
+// a Message holds encode back to the very same bytes: the document shows
+// what Append writes. Node's NODE_HANDLE line, with its "msg" member, is
+// written by hand (handoff.go), so it is only decoded here. The exact
+// bytes the primary and the worker library send in the document's
+// conversation are checked against it in the root package
+// (TestProtocolDocConversation) and in package worker.
+func TestProtocolDocExamples(t *testing.T) {
+	known := map[string]bool{}
+	mt := reflect.TypeFor[Message]()
+	for i := range mt.NumField() {
+		name, _, _ := strings.Cut(mt.Field(i).Tag.Get("json"), ",")
+		known[name] = true
+	}
+	examples := herdtest.ProtocolExamples(t, "../../docs/protocol.md")
+	encoded := map[string]bool{}
+	for _, ex := range examples {
+		m, err := Decode([]byte(ex.Line))
+		if err != nil {
+			t.Errorf("docs/protocol.md %s: %s does not decode: %v", ex.Where, ex.Line, err)
+			continue
+		}
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(ex.Line), &members); err != nil {
+			t.Fatalf("docs/protocol.md %s: %v", ex.Where, err)
+		}
+		modeled := true
+		for name := range members {
+			modeled = modeled && known[name]
+		}
+		if !modeled {
+			continue
+		}
+		got, err := Append(nil, m)
+		if err != nil || string(got) != ex.Line+"\n" {
+			t.Errorf("docs/protocol.md %s: %s decodes to %+v, which Append writes as %q (%v)", ex.Where, ex.Line, m, got, err)
+		}
+		encoded[ex.Line] = true
+	}
+	// The document has the conversation and the relayed lines; a change of
+	// its markup that hid them would otherwise leave nothing checked.
+	for _, want := range []string{
+		`{"type":"herd.hello","v":1,"id":0,"workers":2,"max":1048576}`,
+		`{"type":"herd.hello","v":1}`,
+		`{"type":"herd.ready"}`,
+		`{"type":"herd.shutdown"}`,
+		`{"type":"herd.message","from":0,"data":"hi"}`,
+	} {
+		if !encoded[want] {
+			t.Errorf("docs/protocol.md: no example %s found and checked", want)
+		}
 	}
 }
