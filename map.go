@@ -33,7 +33,9 @@ type MapOptions struct {
 	Unordered bool
 	// JSON checks that every task and every result is one JSON value; a
 	// task that is not fails at once, and a result that is an object with
-	// an "error" member counts as a failed task.
+	// an "error" member counts as a failed task. A '\r' before a line's
+	// newline is dropped then (it is white space); without JSON, lines go
+	// through byte for byte.
 	JSON bool
 	// MaxLine bounds a task or result line; 0 means 16 MiB.
 	MaxLine int
@@ -114,7 +116,7 @@ func Map(ctx context.Context, opts MapOptions, in io.Reader, out io.Writer) (Map
 	go func() { runErr <- sup.Run(runCtx) }()
 
 	begin := time.Now()
-	src := newTaskReader(in, opts.MaxLine)
+	src := newTaskReader(in, opts.MaxLine, opts.JSON)
 	bw := bufio.NewWriterSize(out, 64<<10)
 	progressAt := time.Now()
 	report := func(final bool) {
@@ -188,16 +190,21 @@ func isErrorObject(b []byte) bool {
 	return ok
 }
 
-// taskReader reads tasks, a line each, at most max bytes long.
+// taskReader reads tasks, a line each, at most max bytes long. Only the
+// newline is framing: a line is the bytes before it, whatever they are
+// (plain mode passes lines through byte for byte). With trimCR, a '\r'
+// before the newline goes too (JSON mode: it is white space there, and
+// input with CRLF line ends is common).
 type taskReader struct {
-	br   *bufio.Reader
-	max  int
-	read int64
-	size int64
+	br     *bufio.Reader
+	max    int
+	trimCR bool
+	read   int64
+	size   int64
 }
 
-func newTaskReader(in io.Reader, max int) *taskReader {
-	r := &taskReader{br: bufio.NewReaderSize(in, 64<<10), max: max}
+func newTaskReader(in io.Reader, max int, trimCR bool) *taskReader {
+	r := &taskReader{br: bufio.NewReaderSize(in, 64<<10), max: max, trimCR: trimCR}
 	if f, ok := in.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
 			r.size = fi.Size()
@@ -219,14 +226,18 @@ func (r *taskReader) next() ([]byte, error) {
 		}
 		switch {
 		case err == nil:
-			return bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'}), nil
+			line = line[:len(line)-1]
 		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case errors.Is(err, io.EOF) && len(line) > 0:
-			return line, nil
+			// The last line, without its newline.
 		default:
 			return nil, err
 		}
+		if r.trimCR {
+			line = bytes.TrimSuffix(line, []byte{'\r'})
+		}
+		return line, nil
 	}
 }
 
@@ -326,7 +337,7 @@ func (l *lineWorkers) flush(w *farmWorker) {
 
 // read takes a worker's answers, a line each, until its stdout ends.
 func (l *lineWorkers) read(p *process, stdout io.Reader) {
-	r := newTaskReader(stdout, l.max)
+	r := newTaskReader(stdout, l.max, l.json)
 	for {
 		line, err := r.next()
 		if err != nil {

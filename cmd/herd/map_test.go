@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -448,4 +449,98 @@ func TestMapProgressOnATerminal(t *testing.T) {
 	if !progress.MatchString(screen.String()) || !strings.Contains(screen.String(), "herd map: 150 tasks, 0 failed") {
 		t.Errorf("terminal got %q; want progress lines with an ETA, then the summary", screen.String())
 	}
+}
+
+// startMap starts herd map reading input: the caller reads the returned
+// stdout to its end, then calls wait for the exit code and stderr. A herd
+// map still running after a minute is killed, and the test fails: it hung.
+func startMap(t *testing.T, env []string, input io.Reader, args ...string) (*exec.Cmd, io.Reader, func() (int, string)) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"map"}, args...)...)
+	cmd.Env = append(append(os.Environ(), "HERD_TEST_AS_CLI=1"), env...)
+	cmd.Stdin = input
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var hung atomic.Bool
+	timer := time.AfterFunc(time.Minute, func() {
+		hung.Store(true)
+		cmd.Process.Kill()
+	})
+	waited := false
+	t.Cleanup(func() {
+		timer.Stop()
+		if !waited {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return cmd, stdout, func() (int, string) {
+		t.Helper()
+		waited = true
+		cmd.Wait()
+		timer.Stop()
+		if hung.Load() {
+			t.Fatalf("herd map %v hung; stderr: %s", args, stderr.String())
+		}
+		return cmd.ProcessState.ExitCode(), stderr.String()
+	}
+}
+
+// Plain mode passes lines through byte for byte: only the newline ends a
+// line; a '\r' before it, tabs, spaces, bytes that are not UTF-8, NULs,
+// empty lines and lines that look like JSON (an error object too) are the
+// task and the answer as they are. With --json, a '\r' before the newline
+// is white space, and goes.
+func TestMapPlainModeIsByteExact(t *testing.T) {
+	t.Parallel()
+	odd := []string{
+		"with CR\r", "\ttabs\tinside\t", "  spaces around  ", " ", "", "\r", "cr \r in the middle",
+		"not UTF-8 \xff\xfe \xc3\x28 \xed\xa0\x80", "\x00nul\x00", `{"looks": "like json"}`,
+		`{"error":"counts as nothing in plain mode"}`, `[1, 2,`, `"quoted"`, "null\r", "\x1b[K\x7f",
+	}
+	var in strings.Builder
+	for i := range 600 {
+		in.WriteString(odd[i%len(odd)] + "\n")
+	}
+	for name, worker := range map[string][]string{
+		"cat":  {"--", "cat"},
+		"echo": lines("lines"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, stdout, wait := startMap(t, []string{"TEST_ECHO=1"}, strings.NewReader(in.String()), argv("-w", "2", worker)...)
+			out, err := io.ReadAll(stdout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, stderr := wait()
+			if code != 0 || !strings.Contains(stderr, "herd map: 600 tasks, 0 failed") {
+				t.Fatalf("exit %d; stderr %s", code, stderr)
+			}
+			if string(out) != in.String() {
+				got := strings.SplitAfter(string(out), "\n")
+				for i, l := range strings.SplitAfter(in.String(), "\n") {
+					if i >= len(got) || got[i] != l {
+						t.Fatalf("output differs from the input at line %d: %q, want %q (%d bytes, want %d)", i, got[min(i, len(got)-1)], l, len(out), in.Len())
+					}
+				}
+				t.Fatalf("output of %d bytes, want the %d of the input", len(out), in.Len())
+			}
+		})
+	}
+	t.Run("json", func(t *testing.T) {
+		t.Parallel()
+		_, stdout, wait := startMap(t, nil, strings.NewReader("1\r\n\"x\\ty\"\r\n{\"a\": 2}\n"), "-w", "1", "--json", "-q", "--", "cat")
+		out, _ := io.ReadAll(stdout)
+		if code, stderr := wait(); code != 0 || string(out) != "1\n\"x\\ty\"\n{\"a\": 2}\n" {
+			t.Fatalf("exit %d, output %q; stderr %s", code, out, stderr)
+		}
+	})
 }
