@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -263,4 +266,121 @@ func TestPoolMapStopsWhenTheLoopDoes(t *testing.T) {
 		t.Fatalf("%d results after abandoned maps, want 100", count)
 	}
 	_ = herdtest.Eventually
+}
+
+// logged counts the lines of a worker's TEST_LOG file equal to task, or
+// all of them if task is "" (none if there is no file yet).
+func logged(file, task string) int {
+	b, _ := os.ReadFile(file)
+	n := 0
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasSuffix(l, "\n") && (task == "" || l == task+"\n") {
+			n++
+		}
+	}
+	return n
+}
+
+// gated is a task that waits for its file to exist, and the file.
+func gated(t *testing.T) (any, string) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	return map[string]string{"gate": gate}, gate
+}
+
+// openGate lets a gated task go on.
+func openGate(gate string) { os.WriteFile(gate, nil, 0o644) }
+
+// Unordered: a slow task holds up no result but those queued behind it on
+// its own worker. Task 0 gives nothing until the test opens its gate,
+// which it does only once every result that can come has come.
+func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
+	const n, inflight = 200, 4
+	p := newPool(t, herd.PoolOptions{Unordered: true, Inflight: inflight})
+	gate, file := gated(t)
+	tasks := func(yield func(any) bool) {
+		if !yield(gate) {
+			return
+		}
+		for i := range n {
+			if !yield(i) {
+				return
+			}
+		}
+	}
+	// A pool that kept task order would wait for task 0 for ever: open
+	// the gate anyway after a while, and fail below.
+	timer := time.AfterFunc(30*time.Second, func() { openGate(file) })
+	defer timer.Stop()
+	var got []string
+	for v, err := range p.Map(context.Background(), tasks) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(v))
+		// Task 0's worker holds it and at most inflight-1 tasks after
+		// it: every other result can come first.
+		if len(got) == n+1-inflight {
+			openGate(file)
+		}
+	}
+	if i := slices.Index(got, `"gated"`); i < n+1-inflight {
+		t.Errorf("the slow task's result came %d-th; want after the %d not held up by it", i+1, n+1-inflight)
+	}
+	seen := map[string]int{}
+	for _, v := range got {
+		seen[v]++
+	}
+	for i := range n {
+		if seen[fmt.Sprint(2*i)] != 1 {
+			t.Fatalf("task %d's result came %d times", i+1, seen[fmt.Sprint(2*i)])
+		}
+	}
+}
+
+// In task order (the default), no result comes before a slow task's, even
+// when all the others are done.
+func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
+	const n, inflight = 11, 4 // with the slow one, all read at once: 2 × 2 workers × 4 ahead
+	log := filepath.Join(t.TempDir(), "log")
+	p := newPool(t, herd.PoolOptions{Options: herd.Options{Env: append(os.Environ(), "TEST_LOG="+log)}, Inflight: inflight})
+	gate, file := gated(t)
+	tasks := func(yield func(any) bool) {
+		if !yield(gate) {
+			return
+		}
+		for i := range n {
+			if !yield(i) {
+				return
+			}
+		}
+	}
+	var opened atomic.Bool
+	done := make(chan struct{})
+	defer func() { openGate(file); <-done }()
+	go func() {
+		defer close(done)
+		// Task 0's worker holds it and at most inflight-1 tasks after
+		// it: the other worker runs all the others.
+		herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") >= 1+n-(inflight-1) })
+		time.Sleep(200 * time.Millisecond) // room for results out of turn to come
+		opened.Store(true)
+		openGate(file)
+	}()
+	var got []string
+	for v, err := range p.Map(context.Background(), tasks) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !opened.Load() {
+			t.Errorf("result %s came before the slow task's", v)
+		}
+		got = append(got, string(v))
+	}
+	want := []string{`"gated"`}
+	for i := range n {
+		want = append(want, fmt.Sprint(2*i))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("results %q, want %q", got, want)
+	}
 }

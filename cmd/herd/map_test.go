@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-sh/herd/internal/herdtest"
 	"github.com/herd-sh/herd/internal/testworker"
 )
 
@@ -490,6 +492,103 @@ func startMap(t *testing.T, env []string, input io.Reader, args ...string) (*exe
 			t.Fatalf("herd map %v hung; stderr: %s", args, stderr.String())
 		}
 		return cmd.ProcessState.ExitCode(), stderr.String()
+	}
+}
+
+// logged counts the lines of a worker's TEST_LOG file equal to task, or
+// all of them if task is "" (none if there is no file yet).
+func logged(file, task string) int {
+	b, _ := os.ReadFile(file)
+	n := 0
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasSuffix(l, "\n") && (task == "" || l == task+"\n") {
+			n++
+		}
+	}
+	return n
+}
+
+// openGate lets a TEST_GATE_ON worker go on.
+func openGate(gate string) { os.WriteFile(gate, nil, 0o644) }
+
+// --unordered: a slow task holds up no answer but those queued behind it
+// on its own worker. Task 0's worker answers nothing until the test opens
+// its gate, which it does only once every answer that can come has come.
+func TestMapUnorderedDoesNotWaitForASlowTask(t *testing.T) {
+	t.Parallel()
+	const n, inflight = 200, 4
+	gate := filepath.Join(t.TempDir(), "gate")
+	_, stdout, wait := startMap(t, []string{"TEST_ECHO=1", "TEST_GATE_ON=0", "TEST_GATE=" + gate}, seqInput(n),
+		argv("-w", "2", "--inflight", strconv.Itoa(inflight), "--unordered", "-q", lines("lines"))...)
+	// An ordered herd would wait for task 0 for ever: open the gate
+	// anyway after a while, and fail below.
+	timer := time.AfterFunc(30*time.Second, func() { openGate(gate) })
+	defer timer.Stop()
+	var out []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+		// Task 0's worker holds it and at most inflight-1 tasks after
+		// it: every other answer can come out first.
+		if len(out) == n-inflight {
+			openGate(gate)
+		}
+	}
+	if code, stderr := wait(); code != 0 || len(out) != n {
+		t.Fatalf("exit %d, %d answers; stderr %s", code, len(out), stderr)
+	}
+	if i := slices.Index(out, "0"); i < n-inflight {
+		t.Errorf("task 0's answer came out %d-th; want after the %d answers not held up by it", i+1, n-inflight)
+	}
+	slices.SortFunc(out, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
+	for i, l := range out {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("answers %q, want each of 0..%d once", out, n-1)
+		}
+	}
+}
+
+// In input order (the default), no answer comes out before a slow task's,
+// even when all the others are done.
+func TestMapOrderedWaitsForASlowTask(t *testing.T) {
+	t.Parallel()
+	const n = 12 // all read at once: herd reads 2 × 2 workers × 4 ahead
+	dir := t.TempDir()
+	gate, log := filepath.Join(dir, "gate"), filepath.Join(dir, "log")
+	_, stdout, wait := startMap(t, []string{"TEST_ECHO=1", "TEST_GATE_ON=0", "TEST_GATE=" + gate, "TEST_LOG=" + log}, seqInput(n),
+		argv("-w", "2", "--inflight", "4", "-q", lines("lines"))...)
+	got := make(chan string, n)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			got <- sc.Text()
+		}
+		close(got)
+	}()
+	// Every task reaches a worker; all but task 0 and those behind it on
+	// its worker are answered.
+	if !herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") == n }) {
+		openGate(gate)
+		t.Fatalf("the workers read %d tasks of %d", logged(log, ""), n)
+	}
+	time.Sleep(200 * time.Millisecond) // room for answers out of turn to come
+	select {
+	case l := <-got:
+		t.Errorf("answer %q came out before task 0's", l)
+	default:
+	}
+	openGate(gate)
+	var out []string
+	for l := range got {
+		out = append(out, l)
+	}
+	code, stderr := wait()
+	want := make([]string, n)
+	for i := range want {
+		want[i] = strconv.Itoa(i)
+	}
+	if code != 0 || !slices.Equal(out, want) {
+		t.Fatalf("exit %d, answers %q, want %q; stderr %s", code, out, want, stderr)
 	}
 }
 
