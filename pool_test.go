@@ -384,3 +384,83 @@ func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
 		t.Errorf("results %q, want %q", got, want)
 	}
 }
+
+// A task that crashes every worker it runs on is tried exactly Retries
+// more times than its first (each try is logged by the worker); with
+// Inflight 1 each death is the task's own. Retries 0 means 2, negative
+// none.
+func TestPoolTriesACrashingTaskRetriesPlusOneTimes(t *testing.T) {
+	for _, tc := range []struct{ retries, tries int }{{-1, 1}, {0, 3}, {1, 2}, {3, 4}} {
+		t.Run(fmt.Sprint(tc.retries), func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			p := newPool(t, herd.PoolOptions{Options: herd.Options{Env: append(os.Environ(), "TEST_LOG="+log)}, Inflight: 1, Retries: tc.retries})
+			var got []string
+			for v, err := range p.Map(context.Background(), slices.Values([]any{1, "crash", 2})) {
+				var te *herd.TaskError
+				switch {
+				case errors.As(err, &te):
+					got = append(got, fmt.Sprintf("task %d: %s", te.Index, te.Reason))
+				case err != nil:
+					t.Fatal(err)
+				default:
+					got = append(got, string(v))
+				}
+			}
+			if want := []string{"2", "task 1: its worker exited (exit status 3)", "4"}; !slices.Equal(got, want) {
+				t.Errorf("results %q, want %q", got, want)
+			}
+			if tries := logged(log, `"crash"`); tries != tc.tries {
+				t.Errorf("the crashing task was tried %d times with Retries %d, want %d", tries, tc.retries, tc.tries)
+			}
+			if runs := logged(log, "1") + logged(log, "2"); runs != 2 {
+				t.Errorf("the other two tasks ran %d times, want once each", runs)
+			}
+		})
+	}
+}
+
+// A task that crashes its worker once succeeds on its retry; the other
+// tasks its worker held are answered once each, and the worker restarts
+// once.
+func TestPoolTaskThatCrashesOnceSucceedsOnItsRetry(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	p := newPool(t, herd.PoolOptions{Options: herd.Options{Env: append(os.Environ(), "TEST_LOG="+log, "TEST_MARKER="+filepath.Join(dir, "crashed"))}})
+	const n, bad = 500, 250
+	tasks := func(yield func(any) bool) {
+		for i := range n {
+			var task any = i
+			if i == bad {
+				task = "crash-once"
+			}
+			if !yield(task) {
+				return
+			}
+		}
+	}
+	i := 0
+	for v, err := range p.Map(context.Background(), tasks) {
+		switch {
+		case err != nil:
+			t.Fatalf("task %d: %v", i, err)
+		case i == bad && string(v) != `"recovered"`:
+			t.Errorf("task %d gave %s, want its retry's \"recovered\"", i, v)
+		case i != bad && string(v) != fmt.Sprint(2*i):
+			t.Errorf("task %d gave %s, want %d", i, v, 2*i)
+		}
+		i++
+	}
+	if i != n {
+		t.Fatalf("%d results, want %d", i, n)
+	}
+	if tries := logged(log, `"crash-once"`); tries != 2 {
+		t.Errorf("the task was tried %d times, want twice", tries)
+	}
+	restarts := 0
+	for _, w := range p.Workers() {
+		restarts += w.Restarts
+	}
+	if restarts != 1 {
+		t.Errorf("%d restarts, want 1 (the crash)", restarts)
+	}
+}

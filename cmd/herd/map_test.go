@@ -592,6 +592,44 @@ func TestMapOrderedWaitsForASlowTask(t *testing.T) {
 	}
 }
 
+// A task that crashes every worker it runs on is tried exactly --retries
+// more times than its first (the worker logs each task it reads). With
+// --inflight 1 a worker holds one task at a time, so each death is the
+// task's own and uses up a try; the summary counts each retry.
+func TestMapTriesACrashingTaskRetriesPlusOneTimes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		flags   []string
+		retries int
+	}{
+		{nil, 2}, // the default
+		{[]string{"--retries", "0"}, 0},
+		{[]string{"--retries", "1"}, 1},
+		{[]string{"--retries", "4"}, 4},
+	} {
+		t.Run(strconv.Itoa(tc.retries), func(t *testing.T) {
+			t.Parallel()
+			log := filepath.Join(t.TempDir(), "log")
+			code, out, stderr := herdMap(t, []string{"TEST_CRASH_ON=7", "TEST_LOG=" + log}, seqInput(20),
+				argv("-w", "2", "--inflight", "1", tc.flags, lines("lines"))...)
+			if code != 1 || len(out) != 20 || !strings.Contains(out[7], `"error":"its worker exited (exit status 3)"`) {
+				t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
+			}
+			if tries := logged(log, "7"); tries != tc.retries+1 {
+				t.Errorf("task 7 was tried %d times with %d retries, want %d", tries, tc.retries, tc.retries+1)
+			}
+			for i := range 20 {
+				if tries := logged(log, strconv.Itoa(i)); i != 7 && tries != 1 {
+					t.Errorf("task %d was run %d times, want once", i, tries)
+				}
+			}
+			if want := fmt.Sprintf("herd map: 20 tasks, 1 failed, %d retries", tc.retries); !strings.Contains(stderr, want) {
+				t.Errorf("stderr %q, want %q", stderr, want)
+			}
+		})
+	}
+}
+
 // Plain mode passes lines through byte for byte: only the newline ends a
 // line; a '\r' before it, tabs, spaces, bytes that are not UTF-8, NULs,
 // empty lines and lines that look like JSON (an error object too) are the
