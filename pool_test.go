@@ -385,6 +385,49 @@ func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
 	}
 }
 
+// The pool takes tasks from the sequence only as results are consumed: at
+// no time more than 2 × workers × Inflight ahead of the consumer, however
+// long it holds back.
+func TestPoolTakesTasksOnlyAsResultsAreConsumed(t *testing.T) {
+	const workers, inflight, n = 2, 4, 3000
+	const bound = 2 * workers * inflight
+	p := newPool(t, herd.PoolOptions{Options: herd.Options{Workers: workers}, Inflight: inflight})
+	var taken atomic.Int64
+	tasks := func(yield func(any) bool) {
+		for i := range n {
+			taken.Add(1)
+			if !yield(i) {
+				return
+			}
+		}
+	}
+	consumed, most := 0, 0
+	for v, err := range p.Map(context.Background(), tasks) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(v) != fmt.Sprint(2*consumed) {
+			t.Fatalf("result %d is %s", consumed, v)
+		}
+		consumed++
+		switch {
+		case consumed == 1 || consumed == n/2:
+			time.Sleep(500 * time.Millisecond) // the consumer holds back
+		case consumed < 300:
+			time.Sleep(time.Millisecond) // a slow consumer
+		}
+		ahead := int(taken.Load()) - consumed
+		most = max(most, ahead)
+		if ahead > bound {
+			t.Fatalf("%d tasks taken when %d results were consumed: %d ahead, more than 2 × %d workers × %d in flight", taken.Load(), consumed, ahead, workers, inflight)
+		}
+	}
+	if consumed != n || taken.Load() != n {
+		t.Fatalf("%d results of %d tasks taken, want %d", consumed, taken.Load(), n)
+	}
+	t.Logf("at most %d tasks ahead of the consumer", most)
+}
+
 // A task that crashes every worker it runs on is tried exactly Retries
 // more times than its first (each try is logged by the worker); with
 // Inflight 1 each death is the task's own. Retries 0 means 2, negative

@@ -252,50 +252,73 @@ func TestMapWithPythonAndNodeWorkers(t *testing.T) {
 }
 
 // A large input through a slow reader of the answers: herd reads input
-// only as fast as answers go out, so its memory stays bounded.
+// only as fast as answers go out, so its memory stays bounded. The reader
+// stops for two seconds after the first answer, long enough for a herd
+// that did not wait for it (an unbounded queue of answers, or of input
+// read ahead) to take in all the input, even built with -race (some 90
+// MB/s here), and for shorter whiles later: the input herd has taken stays
+// within a few MB of the output the reader has, and herd's peak RSS stays
+// bounded.
 func TestMapMemoryStaysBounded(t *testing.T) {
 	t.Parallel()
-	// 300,000 tasks of 1.2 kB: the input is three times memoryBound, so a
-	// herd that read it whole could not pass.
-	const n = 300000
-	line := strings.Repeat("x", 1194)
+	// 16,000 tasks of 12 KiB: 188 MiB, half as much again as memoryBound,
+	// so a herd that read it whole could not pass.
+	const n, size = 16000, 12 << 10
+	// What herd may hold: 2 × 2 workers × 16 tasks read ahead or held
+	// (768 KiB), with the pipes and buffers on the way (64 KiB each, a
+	// dozen of them), well within lagBound.
+	const lagBound = 8 << 20
+	var written atomic.Int64 // bytes of input herd has taken
 	pr, pw := io.Pipe()
+	defer pr.Close() // (a test that stops early stops the writer)
 	go func() {
-		bw := bufio.NewWriter(pw)
+		line := []byte(strings.Repeat("x", size-1) + "\n")
 		for i := range n {
-			fmt.Fprintf(bw, "%d%s\n", i, line)
+			copy(line, fmt.Sprintf("%08d", i))
+			if _, err := pw.Write(line); err != nil { // returns once taken whole
+				return
+			}
+			written.Add(size)
 		}
-		bw.Flush()
 		pw.Close()
 	}()
-	cmd := exec.Command(os.Args[0], argv("map", "-w", "2", "-q", lines("lines"))...)
-	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1", "TEST_ECHO=1")
-	cmd.Stdin = pr
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	br := bufio.NewReaderSize(out, 4096)
-	got := 0
-	peak := 0
+	cmd, stdout, wait := startMap(t, []string{"TEST_ECHO=1"}, pr, argv("-w", "2", "-q", lines("lines"))...)
+	br := bufio.NewReaderSize(stdout, 64<<10)
+	var read int64 // bytes of output the reader has
+	got, peak, maxLag := 0, 0, int64(0)
 	for {
-		if _, err := br.ReadString('\n'); err != nil {
+		l, err := br.ReadSlice('\n')
+		if err != nil {
 			break
 		}
-		got++
-		if got%20000 == 0 && got < n { // (after the last answer herd may be gone)
-			time.Sleep(20 * time.Millisecond) // a slow consumer
-			peak = max(peak, peakRSS(t, cmd.Process.Pid))
+		if len(l) != size || string(l[:8]) != fmt.Sprintf("%08d", got) {
+			t.Fatalf("answer %d is %q... (%d bytes), want task %d's", got, l[:min(len(l), 16)], len(l), got)
 		}
+		got++
+		read += int64(len(l))
+		lag := written.Load() - read
+		maxLag = max(maxLag, lag)
+		if lag > lagBound {
+			t.Fatalf("herd has taken %d MiB of input while %d MiB of output were read: %d MiB ahead", written.Load()>>20, read>>20, lag>>20)
+		}
+		// The reader stops: what herd may do meanwhile is take input for
+		// what the workers hold, and no more.
+		switch {
+		case got == 1:
+			time.Sleep(2 * time.Second)
+		case got%4000 == 1:
+			time.Sleep(200 * time.Millisecond)
+		case got != n-1: // (after the last answer herd may be gone)
+			continue
+		}
+		peak = max(peak, peakRSS(t, cmd.Process.Pid))
 	}
-	cmd.Wait()
-	if got != n {
-		t.Fatalf("%d answers of %d", got, n)
+	if code, stderr := wait(); code != 0 || got != n {
+		t.Fatalf("exit %d, %d answers of %d; stderr %s", code, got, n, stderr)
 	}
-	// 360 MB went through; herd keeps at most 2 × 2 × 16 tasks.
+	t.Logf("herd was at most %d KiB ahead of the reader, and peaked at %d MiB", maxLag>>10, peak>>20)
 	if peak > memoryBound {
-		t.Errorf("herd map peaked at %d MB for 360 MB of tasks", peak>>20)
+		t.Errorf("herd map peaked at %d MiB for %d MiB of tasks", peak>>20, n*size>>20)
 	}
 }
 
