@@ -145,6 +145,7 @@ func (e *primaryEnd) EndBatch() {
 }
 
 func (e *primaryEnd) bad(err error) {
+	e.p.dropped.Add(1)
 	if ok, missed := e.p.bad.allow(time.Now()); ok {
 		e.s.log.Warn("dropped a message from worker", "worker", e.p.slot, "pid", e.p.pid, "err", err, "not_logged", missed)
 	}

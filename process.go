@@ -45,8 +45,10 @@ type process struct {
 	heard atomic.Uint64
 	// eventMu keeps this worker's events from overlapping.
 	eventMu sync.Mutex
-	// bad rate-limits log lines about what the worker sends wrong.
-	bad logLimiter
+	// bad rate-limits log lines about what the worker sends wrong, and
+	// dropped counts those lines.
+	bad     logLimiter
+	dropped atomic.Int64
 	// overMemory is set once the worker was reported over MaxMemory.
 	overMemory atomic.Bool
 	// node says the channel speaks Node's framing for handed connections.

@@ -69,6 +69,10 @@ type WorkerInfo struct {
 	// worker (or proxies to it) that are open, in the hand-over and proxy
 	// modes; 0 in the others, where the primary does not see them.
 	Conns int
+	// DroppedMessages counts the lines the current worker sent on its
+	// channel that the primary dropped: longer than MaxMessage, or not a
+	// message (invalid JSON, no string type).
+	DroppedMessages int64
 }
 
 // Uptime is how long the current worker has run; 0 when there is none.

@@ -287,8 +287,11 @@ func (s *Supervisor) Workers() []WorkerInfo {
 	}
 	for i, sl := range slots {
 		out[i] = sl.snapshot()
-		if p := sl.current.Load(); p != nil && s.handover != nil {
-			out[i].Conns = int(p.handoff.open.Load())
+		if p := sl.current.Load(); p != nil {
+			out[i].DroppedMessages = p.dropped.Load()
+			if s.handover != nil {
+				out[i].Conns = int(p.handoff.open.Load())
+			}
 		}
 		if proxied != nil {
 			out[i].Conns = proxied[sl.id]

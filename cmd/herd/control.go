@@ -182,6 +182,7 @@ type workerView struct {
 	CPUPercent float64 `json:"cpu_percent"`
 	NextPID    int     `json:"next_pid,omitempty"`
 	Conns      int     `json:"conns"`
+	Dropped    int64   `json:"dropped_messages"`
 }
 
 type listenerView struct {
@@ -203,6 +204,7 @@ func statusOf(sup *herd.Supervisor) statusView {
 			ID: w.ID, PID: w.PID, State: w.State.String(), Ready: w.Ready,
 			UptimeSec: w.Uptime().Round(time.Millisecond).Seconds(), Restarts: w.Restarts, LastExit: w.LastExit, LastError: w.LastError,
 			RSSBytes: w.RSS, CPUPercent: float64(int(w.CPU*10)) / 10, NextPID: w.NextPID, Conns: w.Conns,
+			Dropped: w.DroppedMessages,
 		}
 		if w.PID != 0 {
 			wv.Started = w.Started.UTC().Format(time.RFC3339)

@@ -130,6 +130,11 @@ func TestOversizedAndInvalidMessagesAreDropped(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, nil, argv("-w", "1", "--max-message", "64KiB", worker("rawipc", "big:200000000", "bad:2000", "msg:after"))...)
 	h.WaitLog("type=after", 30*time.Second)
+	// Every dropped line is counted, logged or not: the long one and the
+	// 2000 bad ones.
+	if w := status(t, controlOf(t, h)).Workers[0]; w.Dropped != 2001 {
+		t.Errorf("status counts %d dropped messages, want 2001", w.Dropped)
+	}
 	if n := h.Count("message longer than the limit"); n != 1 {
 		t.Errorf("the oversized line was reported %d times, want once", n)
 	}
