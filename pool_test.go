@@ -8,8 +8,10 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -505,5 +507,101 @@ func TestPoolTaskThatCrashesOnceSucceedsOnItsRetry(t *testing.T) {
 	}
 	if restarts != 1 {
 		t.Errorf("%d restarts, want 1 (the crash)", restarts)
+	}
+}
+
+// With no Command the pool's workers are copies of this test binary, run
+// with its own arguments (see TestMain), that serve the tasks.
+func TestPoolSelfForked(t *testing.T) {
+	p, err := herd.NewPool(herd.PoolOptions{Options: herd.Options{
+		Workers: 2,
+		Env:     append(os.Environ(), "HERD_TEST_SELF_FORK=1", "TEST_SELF_FORK_ROLE=tasks"),
+		Stdout:  discard{}, Stderr: discard{},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	i := 0
+	for v, err := range p.Map(context.Background(), numbers(1000)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(v) != fmt.Sprint(2*i) {
+			t.Fatalf("result %d is %s, want %d", i, v, 2*i)
+		}
+		i++
+	}
+	if i != 1000 {
+		t.Fatalf("%d results, want 1000", i)
+	}
+	for _, w := range p.Workers() {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w.PID))
+		if err != nil {
+			continue // not Linux
+		}
+		if args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00"); !slices.Equal(args, os.Args) {
+			t.Errorf("worker %d runs %q, want this program's own arguments %q", w.ID, args, os.Args)
+		}
+	}
+}
+
+// lockedBuffer is a Builder safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Tasks travel on the channel, so workers may write what they like on
+// their stdout: the results are right, and every line reaches the pool's
+// Stdout, tagged with its worker.
+func TestPoolWorkersMayLogOnStdout(t *testing.T) {
+	var stdout lockedBuffer
+	p, err := herd.NewPool(herd.PoolOptions{Options: herd.Options{
+		Command: testworker.Command("tasks"),
+		Workers: 2,
+		Env:     append(os.Environ(), "TEST_STDOUT=1"),
+		Stdout:  &stdout, Stderr: discard{},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const n = 2000
+	i := 0
+	for v, err := range p.Map(context.Background(), numbers(n)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(v) != fmt.Sprint(2*i) {
+			t.Fatalf("result %d is %s, want %d", i, v, 2*i)
+		}
+		i++
+	}
+	if i != n {
+		t.Fatalf("%d results, want %d", i, n)
+	}
+	p.Close()
+	tagged := regexp.MustCompile(`(?m)^w[01] [0-9]+ \| log ([0-9]+)$`)
+	seen := map[string]int{}
+	for _, m := range tagged.FindAllStringSubmatch(stdout.String(), -1) {
+		seen[m[1]]++
+	}
+	for i := range n {
+		if seen[fmt.Sprint(i)] != 1 {
+			t.Fatalf("the log line of task %d reached Stdout %d times, want once", i, seen[fmt.Sprint(i)])
+		}
 	}
 }

@@ -704,3 +704,66 @@ func TestMapPlainModeIsByteExact(t *testing.T) {
 		}
 	})
 }
+
+// Off a terminal, herd map shows no progress (no carriage returns or
+// escape sequences on stderr, even over a run longer than the progress
+// period and with an input file, which would have an ETA): its summary
+// ends stderr, a line of its own.
+func TestMapNoProgressOffATerminal(t *testing.T) {
+	t.Parallel()
+	in := filepath.Join(t.TempDir(), "tasks")
+	var b strings.Builder
+	for i := range 150 {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	os.WriteFile(in, []byte(b.String()), 0o644)
+	code, out, stderr := herdMap(t, []string{"TEST_SLOW=20ms"}, nil, argv("-w", "2", "--inflight", "1", "--input", in, lines("lines"))...)
+	if code != 0 || len(out) != 150 {
+		t.Fatalf("exit %d, %d answers; stderr %q", code, len(out), stderr)
+	}
+	if strings.ContainsAny(stderr, "\r\x1b") || !regexp.MustCompile(`(^|\n)herd map: 150 tasks, 0 failed, 0 retries, [^\n]*\n$`).MatchString(stderr) {
+		t.Errorf("stderr %q; want no progress, and the summary", stderr)
+	}
+}
+
+// A worker holds at most --inflight tasks, 16 unless told: one whose first
+// task is held up (a gate) keeps reading what herd gives it, and herd
+// gives it no more than that.
+func TestMapInflightBoundsWhatAWorkerHolds(t *testing.T) {
+	t.Parallel()
+	code, out, _ := herdMap(t, nil, nil, "--help")
+	if code != 0 || !regexp.MustCompile(`--inflight int +tasks a worker may hold at once \(default 16\)`).MatchString(strings.Join(out, "\n")) {
+		t.Errorf("herd map --help (exit %d) does not give --inflight's default as 16:\n%s", code, strings.Join(out, "\n"))
+	}
+	for _, tc := range []struct {
+		flags []string
+		held  int
+	}{{nil, 16}, {[]string{"--inflight", "5"}, 5}} {
+		t.Run(strconv.Itoa(tc.held), func(t *testing.T) {
+			t.Parallel()
+			const n = 60
+			dir := t.TempDir()
+			gate, log := filepath.Join(dir, "gate"), filepath.Join(dir, "log")
+			_, stdout, wait := startMap(t, []string{"TEST_ECHO=1", "TEST_GATE_ON=0", "TEST_GATE=" + gate, "TEST_LOG=" + log}, seqInput(n),
+				argv("-w", "1", "-q", tc.flags, lines("lines"))...)
+			defer openGate(gate)
+			if !herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") >= tc.held }) {
+				t.Fatalf("the worker got %d tasks, want %d", logged(log, ""), tc.held)
+			}
+			time.Sleep(300 * time.Millisecond) // room for more to come, if herd gave more
+			if got := logged(log, ""); got != tc.held {
+				t.Errorf("a worker held up on its first task was given %d tasks, want %d", got, tc.held)
+			}
+			openGate(gate)
+			out, _ := io.ReadAll(stdout)
+			if code, stderr := wait(); code != 0 || string(out) != seqInputString(n) {
+				t.Fatalf("exit %d, output %q; stderr %s", code, out, stderr)
+			}
+		})
+	}
+}
+
+func seqInputString(n int) string {
+	b, _ := io.ReadAll(seqInput(n))
+	return string(b)
+}
