@@ -605,3 +605,35 @@ func TestPoolWorkersMayLogOnStdout(t *testing.T) {
 		}
 	}
 }
+
+// The results of quick tasks go back while a slow task that follows them
+// on the same worker runs: the worker does not hold them for a batch.
+func TestPoolResultsDoNotWaitBehindASlowTask(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{Options: herd.Options{Workers: 1}, Unordered: true, Inflight: 8})
+	gate, file := gated(t)
+	tasks := func(yield func(any) bool) {
+		for _, task := range []any{1, 2, 3, gate} {
+			if !yield(task) {
+				return
+			}
+		}
+	}
+	// Were the three held behind the gated task, nothing would come until
+	// the gate opens: open it anyway after a while, and fail below.
+	var late atomic.Bool
+	timer := time.AfterFunc(30*time.Second, func() { late.Store(true); openGate(file) })
+	defer timer.Stop()
+	var got []string
+	for v, err := range p.Map(context.Background(), tasks) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(v))
+		if len(got) == 3 {
+			openGate(file)
+		}
+	}
+	if late.Load() || !slices.Equal(got, []string{"2", "4", "6", `"gated"`}) {
+		t.Errorf("results %v (gate opened by the timeout: %v); want the three quick ones while the slow one ran", got, late.Load())
+	}
+}

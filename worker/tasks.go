@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/herd-sh/herd/internal/channel"
@@ -25,8 +26,8 @@ type task struct {
 // asked to stop. ServeTasks returns then, once the task at hand is done.
 //
 // Results go back in batches: those of tasks that take less than
-// resultDelay together go in one write, and a result waits at most that
-// long after the task that follows it has started. A panic sends the
+// resultDelay (100 µs) together go in one write, and no result waits
+// longer than that, however long the task after it runs. A panic sends the
 // results before it on its way; if the worker dies otherwise (killed, or
 // os.Exit), the primary runs the tasks it had not heard back about again,
 // each on its own, to find the one to blame.
@@ -36,24 +37,18 @@ func (w *Worker) ServeTasks(handler func(ctx context.Context, task json.RawMessa
 	}
 	w.Ready()
 	ctx := w.Context()
-	var (
-		batch []task
-		out   []byte // results not sent yet
-		sent  time.Time
-	)
-	send := func() error {
-		err := w.sendResults(out)
-		out, sent = out[:0], time.Now()
-		return err
-	}
+	r := &resultBatch{w: w}
+	r.timer = time.AfterFunc(time.Hour, r.flushLate)
+	r.timer.Stop()
 	defer func() {
 		// On the way out, a panic included: what is done goes out first.
-		if len(out) > 0 && send() == nil {
+		if r.close() {
 			fctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			w.ch.Flush(fctx)
 			cancel()
 		}
 	}()
+	var batch []task
 	for {
 		select {
 		case <-ctx.Done():
@@ -70,18 +65,84 @@ func (w *Worker) ServeTasks(handler func(ctx context.Context, task json.RawMessa
 				break
 			}
 			result, err := handler(ctx, t.data)
-			out = appendResult(out, t.id, result, err, w.ch.Max())
-			if time.Since(sent) >= resultDelay {
-				if err := send(); err != nil {
-					return err
-				}
+			if err := r.add(t.id, result, err); err != nil {
+				return err
 			}
 		}
-		if err := send(); err != nil {
+		if err := r.flush(); err != nil {
 			return err
 		}
 		clear(batch)
 	}
+}
+
+// resultBatch is the results of ServeTasks not sent yet. The task loop
+// adds to it and sends it at the end of each batch of tasks, or once its
+// oldest result has waited resultDelay; the timer sends it when the task
+// that follows takes longer than that, so that a slow task does not hold
+// the results of the quick ones before it.
+type resultBatch struct {
+	w      *Worker
+	timer  *time.Timer
+	mu     sync.Mutex
+	out    []byte    // encoded results
+	oldest time.Time // when the first of out was added
+	closed bool
+}
+
+// add encodes the result of task id, and sends what waits if its oldest
+// has waited long enough.
+func (r *resultBatch) add(id int, result any, err error) error {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.out) == 0 {
+		r.oldest = now
+		r.timer.Reset(resultDelay)
+	}
+	r.out = appendResult(r.out, id, result, err, r.w.ch.Max())
+	if now.Sub(r.oldest) >= resultDelay {
+		return r.sendLocked()
+	}
+	return nil
+}
+
+// flush sends what waits.
+func (r *resultBatch) flush() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sendLocked()
+}
+
+// flushLate is the timer's: a task is taking long, the results before it
+// go now. An error is the task loop's to find on its next send.
+func (r *resultBatch) flushLate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		r.sendLocked()
+	}
+}
+
+// close sends what waits and stops the timer; it reports whether there
+// was something to send and it went.
+func (r *resultBatch) close() bool {
+	r.timer.Stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	had := len(r.out) > 0
+	return r.sendLocked() == nil && had
+}
+
+func (r *resultBatch) sendLocked() error {
+	if len(r.out) == 0 {
+		return nil
+	}
+	r.timer.Stop()
+	err := r.w.sendResults(r.out)
+	r.out = r.out[:0]
+	return err
 }
 
 // resultDelay bounds how long a result may wait to go out with others:
