@@ -257,6 +257,7 @@ type lineWorkers struct {
 // handed out a round (flush).
 type lineStdin struct {
 	l      *lineWorkers
+	p      *process
 	mu     sync.Mutex
 	buf    []byte
 	closed bool
@@ -265,8 +266,8 @@ type lineStdin struct {
 	once   sync.Once
 }
 
-func (l *lineWorkers) attach(stdin *os.File) io.Closer {
-	s := &lineStdin{l: l, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func (l *lineWorkers) attach(p *process, stdin *os.File) io.Closer {
+	s := &lineStdin{l: l, p: p, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	l.mu.Lock()
 	l.stdins[s] = true
 	l.mu.Unlock()
@@ -365,6 +366,9 @@ func (l *lineWorkers) closeAll() {
 	}
 	l.mu.Unlock()
 	for _, s := range all {
+		// A worker may see the end of its input and exit before the
+		// supervisor's stop reaches its slot: that exit is not a crash.
+		s.p.inputEnded.Store(true)
 		s.Close()
 	}
 }

@@ -143,7 +143,7 @@ type Options struct {
 type linesIO interface {
 	// attach is given a new worker's stdin; the returned closer is
 	// closed when the worker has exited.
-	attach(stdin *os.File) io.Closer
+	attach(p *process, stdin *os.File) io.Closer
 	// read reads worker p's stdout until it ends.
 	read(p *process, stdout io.Reader)
 }

@@ -49,6 +49,9 @@ type process struct {
 	// dropped counts those lines.
 	bad     logLimiter
 	dropped atomic.Int64
+	// inputEnded is set when Map closes the worker's stdin at the end of
+	// its tasks: the worker's exit is then its work done, not a crash.
+	inputEnded atomic.Bool
 	// overMemory is set once the worker was reported over MaxMemory.
 	overMemory atomic.Bool
 	// node says the channel speaks Node's framing for handed connections.
@@ -260,7 +263,7 @@ func (s *Supervisor) startProcess(sl *slot) (_ *process, err error) {
 	// The waiter is owned by the slot, which does not end before it has
 	// received the process's evExited.
 	if inW != nil {
-		p.stdin = s.opts.lines.attach(inW)
+		p.stdin = s.opts.lines.attach(p, inW)
 	}
 	if node {
 		ch.OneFDPerWrite()

@@ -572,6 +572,17 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		logExit("worker stopped")
 		return nil
 	}
+	if p.inputEnded.Load() {
+		// Map's tasks are over and it closed the worker's input: its
+		// exit is the end of its work, and the supervisor is about to
+		// stop; nothing to restart.
+		if st.Success() {
+			logExit("worker finished")
+		} else {
+			m.log.Warn("worker failed at the end of its input", "pid", p.pid, "status", status)
+		}
+		return nil
+	}
 	m.log.Warn("worker exited", "pid", p.pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
 	if !m.limit.Allow(time.Now()) {
 		r := m.sup.opts.Restart

@@ -767,3 +767,20 @@ func seqInputString(n int) string {
 	b, _ := io.ReadAll(seqInput(n))
 	return string(b)
 }
+
+// A worker that exits as soon as its input ends (cat) is not taken for a
+// crashed one at the end of a map: no warning, no replacement. (Map closes
+// the workers' input just before the supervisor stops; the exit can come
+// first. A race, so a few runs.)
+func TestMapWorkersEndingWithTheirInputAreNotRestarted(t *testing.T) {
+	t.Parallel()
+	for run := range 10 {
+		code, out, stderr := herdMap(t, nil, strings.NewReader("a\nb\nc\nd\n"), "-w", "2", "--", "cat")
+		if code != 0 || len(out) != 4 {
+			t.Fatalf("run %d: exit %d, %d answers; stderr %q", run, code, len(out), stderr)
+		}
+		if strings.Contains(stderr, "exited") || strings.Contains(stderr, "failed at the end") || strings.Contains(stderr, "restart") {
+			t.Fatalf("run %d: the end of the input was taken for a crash:\n%s", run, stderr)
+		}
+	}
+}
