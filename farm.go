@@ -293,6 +293,18 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 	inputDone := false
 	var inputErr error
 	var ready []farmTask // finished tasks taken out of the ring, to emit
+	emitReady := func() error {
+		for i := range ready {
+			if ready[i].err != "" {
+				f.stats.Failed++
+			}
+			f.stats.Done++
+			if err := emit(&ready[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -331,14 +343,8 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 		f.dispatch()
 		ready = f.takeReady(ready[:0])
 		f.mu.Unlock()
-		for i := range ready {
-			if ready[i].err != "" {
-				f.stats.Failed++
-			}
-			f.stats.Done++
-			if err := emit(&ready[i]); err != nil {
-				return err
-			}
+		if err := emitReady(); err != nil {
+			return err
 		}
 		freed := len(ready) > 0
 		clear(ready)
@@ -356,6 +362,14 @@ func (f *farm) run(ctx context.Context, workers int, next func() ([]byte, string
 		}
 		select {
 		case <-ctx.Done():
+			// Stopped (Ctrl-C): what came back meanwhile is a result
+			// produced, and goes out before the end.
+			f.mu.Lock()
+			ready = f.takeReady(ready[:0])
+			f.mu.Unlock()
+			if err := emitReady(); err != nil {
+				return err
+			}
 			return context.Cause(ctx)
 		case <-f.wake:
 		case <-t.C:
