@@ -36,7 +36,15 @@ func TestWorkersExitWhenTheChannelEnds(t *testing.T) {
 			if _, err := exec.LookPath(tc.cmd[0]); err != nil {
 				t.Skipf("%s is not installed: skipping the test that its example worker exits with its primary", tc.cmd[0])
 			}
-			fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+			// Close-on-exec at once (under the fork lock: SOCK_CLOEXEC is
+			// Linux's), so that no other test's child inherits an end.
+			syscall.ForkLock.RLock()
+			fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+			if err == nil {
+				syscall.CloseOnExec(fds[0])
+				syscall.CloseOnExec(fds[1])
+			}
+			syscall.ForkLock.RUnlock()
 			if err != nil {
 				t.Fatal(err)
 			}
