@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -53,10 +52,12 @@ func numbers(n int) iter.Seq[any] {
 	}
 }
 
-func TestPoolResultsInOrder(t *testing.T) {
-	p := newPool(t, herd.PoolOptions{})
+// mapDoubles maps the numbers 0..n-1 on p and checks that the results are
+// their doubles, in order, each once.
+func mapDoubles(t *testing.T, p *herd.Pool, n int) {
+	t.Helper()
 	i := 0
-	for v, err := range p.Map(context.Background(), numbers(20000)) {
+	for v, err := range p.Map(context.Background(), numbers(n)) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,9 +66,14 @@ func TestPoolResultsInOrder(t *testing.T) {
 		}
 		i++
 	}
-	if i != 20000 {
-		t.Fatalf("%d results, want 20000", i)
+	if i != n {
+		t.Fatalf("%d results, want %d", i, n)
 	}
+}
+
+func TestPoolResultsInOrder(t *testing.T) {
+	p := newPool(t, herd.PoolOptions{})
+	mapDoubles(t, p, 20000)
 }
 
 // Unordered: every answer once, whatever the order, and failures still
@@ -522,19 +528,7 @@ func TestPoolSelfForked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	i := 0
-	for v, err := range p.Map(context.Background(), numbers(1000)) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(v) != fmt.Sprint(2*i) {
-			t.Fatalf("result %d is %s, want %d", i, v, 2*i)
-		}
-		i++
-	}
-	if i != 1000 {
-		t.Fatalf("%d results, want 1000", i)
-	}
+	mapDoubles(t, p, 1000)
 	for _, w := range p.Workers() {
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w.PID))
 		if err != nil {
@@ -546,29 +540,11 @@ func TestPoolSelfForked(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a Builder safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Tasks travel on the channel, so workers may write what they like on
 // their stdout: the results are right, and every line reaches the pool's
 // Stdout, tagged with its worker.
 func TestPoolWorkersMayLogOnStdout(t *testing.T) {
-	var stdout lockedBuffer
+	var stdout herdtest.SyncBuffer
 	p, err := herd.NewPool(herd.PoolOptions{Options: herd.Options{
 		Command: testworker.Command("tasks"),
 		Workers: 2,
@@ -580,19 +556,7 @@ func TestPoolWorkersMayLogOnStdout(t *testing.T) {
 	}
 	defer p.Close()
 	const n = 2000
-	i := 0
-	for v, err := range p.Map(context.Background(), numbers(n)) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(v) != fmt.Sprint(2*i) {
-			t.Fatalf("result %d is %s, want %d", i, v, 2*i)
-		}
-		i++
-	}
-	if i != n {
-		t.Fatalf("%d results, want %d", i, n)
-	}
+	mapDoubles(t, p, n)
 	p.Close()
 	tagged := regexp.MustCompile(`(?m)^w[01] [0-9]+ \| log ([0-9]+)$`)
 	seen := map[string]int{}

@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -17,31 +16,14 @@ import (
 	"time"
 
 	"github.com/herd-sh/herd"
+	"github.com/herd-sh/herd/internal/herdtest"
 )
-
-// lockedBuffer keeps what a supervisor logs, for the failure message.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // A worker given two named listeners (herd run -l a=... -l b=...) finds
 // each by its name: a connection to a's address reaches what the worker
 // serves on Listener("a"), and b's on Listener("b").
 func TestListenersByName(t *testing.T) {
-	var log lockedBuffer
+	var log herdtest.SyncBuffer
 	ready := make(chan struct{})
 	var readyOnce sync.Once
 	report := make(chan json.RawMessage, 1)

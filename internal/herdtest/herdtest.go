@@ -4,6 +4,7 @@ package herdtest
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -317,4 +318,24 @@ func Freeze(t testing.TB, pid int) {
 	if !Eventually(10*time.Second, stopped) {
 		t.Fatalf("process %d did not stop within 10s of SIGSTOP", pid)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent use: a place for a
+// supervisor's log or its workers' output, read by the test meanwhile.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -181,7 +181,19 @@ func (rr *roundRobin) program() asm.Instructions {
 	// The first two bytes of a probe's source address, read as a native u16.
 	net := [2]byte{probeNet >> 8, probeNet & 0xff}
 	probeHalf := int32(binary.NativeEndian.Uint16(net[:]))
-	return asm.Instructions{
+	// selectSlot is bpf_sk_select_reuseport(ctx, socks, &slot, 0) for
+	// the slot in R2.
+	selectSlot := asm.Instructions{
+		asm.StoreMem(asm.R10, key, asm.R2, asm.Word),
+		asm.Mov.Reg(asm.R1, ctx),
+		asm.LoadMapPtr(asm.R2, rr.socks.FD()),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, key),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnSkSelectReuseport.Call(),
+	}
+	var p asm.Instructions
+	p = append(p,
 		asm.Mov.Reg(ctx, asm.R1),
 		// A probe goes to the slot it names.
 		asm.LoadMem(asm.R2, ctx, ethProto, asm.Word),
@@ -200,13 +212,9 @@ func (rr *roundRobin) program() asm.Instructions {
 		asm.LSh.Imm(asm.R2, 8),
 		asm.LoadMem(asm.R3, asm.R10, addr+3, asm.Byte),
 		asm.Or.Reg(asm.R2, asm.R3),
-		asm.StoreMem(asm.R10, key, asm.R2, asm.Word),
-		asm.Mov.Reg(asm.R1, ctx),
-		asm.LoadMapPtr(asm.R2, rr.socks.FD()),
-		asm.Mov.Reg(asm.R3, asm.R10),
-		asm.Add.Imm(asm.R3, key),
-		asm.Mov.Imm(asm.R4, 0),
-		asm.FnSkSelectReuseport.Call(),
+	)
+	p = append(p, selectSlot...)
+	p = append(p,
 		asm.JEq.Imm(asm.R0, 0, "pass"), // else no such slot: a client
 
 		// Anything else goes to the next live slot.
@@ -226,17 +234,12 @@ func (rr *roundRobin) program() asm.Instructions {
 		asm.LSh.Imm(asm.R3, 2),
 		asm.Add.Reg(value, asm.R3),
 		asm.LoadMem(asm.R2, value, turnSlotOff, asm.Word),
-		asm.StoreMem(asm.R10, key, asm.R2, asm.Word),
-		asm.Mov.Reg(asm.R1, ctx),
-		asm.LoadMapPtr(asm.R2, rr.socks.FD()),
-		asm.Mov.Reg(asm.R3, asm.R10),
-		asm.Add.Imm(asm.R3, key),
-		asm.Mov.Imm(asm.R4, 0),
-		asm.FnSkSelectReuseport.Call(),
-
+	)
+	p = append(p, selectSlot...)
+	return append(p,
 		asm.Mov.Imm(asm.R0, skPass).WithSymbol("pass"),
 		asm.Return(),
-	}
+	)
 }
 
 // fetchAdd is src = atomic_fetch_add((u32 *)(dst + off), src). The turn
