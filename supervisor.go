@@ -419,6 +419,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		attrs := []any{"name", l.Name, "addr", l.Addr.String(), "balance", string(s.opts.Balance), "sockets", l.Sockets}
 		if steering := s.sockets.Groups[i].Steering(); steering != "" {
 			attrs = append(attrs, "steering", steering)
+			if err := s.sockets.Groups[i].RoundRobinErr(); err != nil {
+				// Even, in turn, needs CAP_BPF: say so where it is missing.
+				attrs = append(attrs, "round_robin", err.Error())
+			}
 		}
 		s.log.Info("listening", attrs...)
 	}

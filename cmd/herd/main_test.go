@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -646,24 +648,7 @@ func TestAddressWithoutPermission(t *testing.T) {
 			t.Skipf("port 80 needs no privilege here (net.ipv4.ip_unprivileged_port_start=%d)", first)
 		}
 	}
-	// nobody must be able to run the binary, which lives in root's
-	// private build directory: copy it to one that is world-readable.
-	dir, err := os.MkdirTemp("", "herd-nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "herd")
-	b, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin, dir := binForNobody(t)
 	private := t.TempDir() // root's, mode 0700
 	// want: what the line must name.
 	for _, tc := range []struct{ addr, want string }{
@@ -690,6 +675,74 @@ func TestAddressWithoutPermission(t *testing.T) {
 		if stdout.Len() != 0 {
 			t.Errorf("-l %s: stdout %q, want nothing", tc.addr, stdout.String())
 		}
+	}
+}
+
+// binForNobody copies this test binary (herd, with HERD_TEST_AS_CLI=1)
+// where user nobody can run it: it lives in root's private build
+// directory. It returns the copy and its world-readable directory.
+func binForNobody(t *testing.T) (bin, dir string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "herd-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "herd")
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin, dir
+}
+
+// Without the privilege to load eBPF, reuseport steering falls back to
+// the classic program, and herd says so and why on its listening line.
+func TestReuseportWithoutBPFPrivilegeSaysSo(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run herd as user nobody (uid 65534)")
+	}
+	bin, dir := binForNobody(t)
+	cmd := exec.Command(bin, "run", "--no-control", "-w", "2", "-l", "127.0.0.1:0", "--", "sleep", "30")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot run herd as nobody: %v", err)
+	}
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "msg=listening") {
+				line <- sc.Text()
+				break
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case l := <-line:
+		if !strings.Contains(l, `steering="flow hash"`) || !strings.Contains(l, `round_robin="not permitted: loading BPF programs needs root or CAP_BPF"`) {
+			t.Errorf("listening line %q; want the flow hash steering and why round-robin is not there", l)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no listening line within 15s")
 	}
 }
 

@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 
@@ -52,6 +53,13 @@ func newRoundRobin(files []*os.File, live []uint32) (rr *roundRobin, err error) 
 	defer func() {
 		if err != nil {
 			rr.close()
+		}
+	}()
+	defer func() {
+		if errors.Is(err, unix.EPERM) {
+			// What it takes, not cilium's guess about memlock (which
+			// kernels since 5.11 account by cgroup).
+			err = fmt.Errorf("%w: loading BPF programs needs root or CAP_BPF", ErrNotPermitted)
 		}
 	}()
 	rr.socks, err = ebpf.NewMap(&ebpf.MapSpec{

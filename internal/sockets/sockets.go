@@ -28,6 +28,10 @@ const (
 // ErrUnsupported is returned for a feature this platform lacks.
 var ErrUnsupported = errors.New("not supported on this platform")
 
+// ErrNotPermitted is returned for a feature this process lacks the
+// privilege for.
+var ErrNotPermitted = errors.New("not permitted")
+
 // Group is every socket the primary holds for one listener spec.
 type Group struct {
 	Spec Spec
@@ -261,6 +265,14 @@ func (g *Group) Steering() string {
 		return "flow hash"
 	}
 	return "kernel hash"
+}
+
+// RoundRobinErr says why the kernel did not take the round-robin program
+// (where Steering is "flow hash"), nil if it did or was not asked.
+func (g *Group) RoundRobinErr() error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.rrErr
 }
 
 // Grow opens the sockets of slots up to n in reuseport mode (shared mode
