@@ -237,16 +237,8 @@ func TestPoolMapStopsWithItsContext(t *testing.T) {
 	if !errors.Is(last, why) || results >= 1000000 {
 		t.Fatalf("after %d results the map ended with %v, want the cause %q before the end", results, last, why)
 	}
-	count := 0
-	for _, err := range p.Map(context.Background(), numbers(50)) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		count++
-	}
-	if count != 50 {
-		t.Fatalf("%d results after a cancelled map, want 50", count)
-	}
+	// The pool still works.
+	mapDoubles(t, p, 50)
 }
 
 func TestPoolMapStopsWhenTheLoopDoes(t *testing.T) {
@@ -263,30 +255,8 @@ func TestPoolMapStopsWhenTheLoopDoes(t *testing.T) {
 		}
 	}
 	// The pool still works after abandoned maps.
-	count := 0
-	for _, err := range p.Map(context.Background(), numbers(100)) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		count++
-	}
-	if count != 100 {
-		t.Fatalf("%d results after abandoned maps, want 100", count)
-	}
-	_ = herdtest.Eventually
-}
-
-// logged counts the lines of a worker's TEST_LOG file equal to task, or
-// all of them if task is "" (none if there is no file yet).
-func logged(file, task string) int {
-	b, _ := os.ReadFile(file)
-	n := 0
-	for _, l := range strings.SplitAfter(string(b), "\n") {
-		if strings.HasSuffix(l, "\n") && (task == "" || l == task+"\n") {
-			n++
-		}
-	}
-	return n
+	// The pool still works.
+	mapDoubles(t, p, 100)
 }
 
 // gated is a task that waits for its file to exist, and the file.
@@ -294,9 +264,6 @@ func gated(t *testing.T) (any, string) {
 	gate := filepath.Join(t.TempDir(), "gate")
 	return map[string]string{"gate": gate}, gate
 }
-
-// openGate lets a gated task go on.
-func openGate(gate string) { os.WriteFile(gate, nil, 0o644) }
 
 // Unordered: a slow task holds up no result but those queued behind it on
 // its own worker. Task 0 gives nothing until the test opens its gate,
@@ -317,7 +284,7 @@ func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
 	}
 	// A pool that kept task order would wait for task 0 for ever: open
 	// the gate anyway after a while, and fail below.
-	timer := time.AfterFunc(30*time.Second, func() { openGate(file) })
+	timer := time.AfterFunc(30*time.Second, func() { herdtest.OpenGate(file) })
 	defer timer.Stop()
 	var got []string
 	for v, err := range p.Map(context.Background(), tasks) {
@@ -328,7 +295,7 @@ func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
 		// Task 0's worker holds it and at most inflight-1 tasks after
 		// it: every other result can come first.
 		if len(got) == n+1-inflight {
-			openGate(file)
+			herdtest.OpenGate(file)
 		}
 	}
 	if i := slices.Index(got, `"gated"`); i < n+1-inflight {
@@ -364,15 +331,15 @@ func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
 	}
 	var opened atomic.Bool
 	done := make(chan struct{})
-	defer func() { openGate(file); <-done }()
+	defer func() { herdtest.OpenGate(file); <-done }()
 	go func() {
 		defer close(done)
 		// Task 0's worker holds it and at most inflight-1 tasks after
 		// it: the other worker runs all the others.
-		herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") >= 1+n-(inflight-1) })
+		herdtest.Eventually(30*time.Second, func() bool { return herdtest.Logged(log, "") >= 1+n-(inflight-1) })
 		time.Sleep(200 * time.Millisecond) // room for results out of turn to come
 		opened.Store(true)
-		openGate(file)
+		herdtest.OpenGate(file)
 	}()
 	var got []string
 	for v, err := range p.Map(context.Background(), tasks) {
@@ -460,10 +427,10 @@ func TestPoolTriesACrashingTaskRetriesPlusOneTimes(t *testing.T) {
 			if want := []string{"2", "task 1: its worker exited (exit status 3)", "4"}; !slices.Equal(got, want) {
 				t.Errorf("results %q, want %q", got, want)
 			}
-			if tries := logged(log, `"crash"`); tries != tc.tries {
+			if tries := herdtest.Logged(log, `"crash"`); tries != tc.tries {
 				t.Errorf("the crashing task was tried %d times with Retries %d, want %d", tries, tc.retries, tc.tries)
 			}
-			if runs := logged(log, "1") + logged(log, "2"); runs != 2 {
+			if runs := herdtest.Logged(log, "1") + herdtest.Logged(log, "2"); runs != 2 {
 				t.Errorf("the other two tasks ran %d times, want once each", runs)
 			}
 		})
@@ -504,7 +471,7 @@ func TestPoolTaskThatCrashesOnceSucceedsOnItsRetry(t *testing.T) {
 	if i != n {
 		t.Fatalf("%d results, want %d", i, n)
 	}
-	if tries := logged(log, `"crash-once"`); tries != 2 {
+	if tries := herdtest.Logged(log, `"crash-once"`); tries != 2 {
 		t.Errorf("the task was tried %d times, want twice", tries)
 	}
 	restarts := 0
@@ -585,7 +552,7 @@ func TestPoolResultsDoNotWaitBehindASlowTask(t *testing.T) {
 	// Were the three held behind the gated task, nothing would come until
 	// the gate opens: open it anyway after a while, and fail below.
 	var late atomic.Bool
-	timer := time.AfterFunc(30*time.Second, func() { late.Store(true); openGate(file) })
+	timer := time.AfterFunc(30*time.Second, func() { late.Store(true); herdtest.OpenGate(file) })
 	defer timer.Stop()
 	var got []string
 	for v, err := range p.Map(context.Background(), tasks) {
@@ -594,7 +561,7 @@ func TestPoolResultsDoNotWaitBehindASlowTask(t *testing.T) {
 		}
 		got = append(got, string(v))
 		if len(got) == 3 {
-			openGate(file)
+			herdtest.OpenGate(file)
 		}
 	}
 	if late.Load() || !slices.Equal(got, []string{"2", "4", "6", `"gated"`}) {

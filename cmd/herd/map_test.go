@@ -518,22 +518,6 @@ func startMap(t *testing.T, env []string, input io.Reader, args ...string) (*exe
 	}
 }
 
-// logged counts the lines of a worker's TEST_LOG file equal to task, or
-// all of them if task is "" (none if there is no file yet).
-func logged(file, task string) int {
-	b, _ := os.ReadFile(file)
-	n := 0
-	for _, l := range strings.SplitAfter(string(b), "\n") {
-		if strings.HasSuffix(l, "\n") && (task == "" || l == task+"\n") {
-			n++
-		}
-	}
-	return n
-}
-
-// openGate lets a TEST_GATE_ON worker go on.
-func openGate(gate string) { os.WriteFile(gate, nil, 0o644) }
-
 // --unordered: a slow task holds up no answer but those queued behind it
 // on its own worker. Task 0's worker answers nothing until the test opens
 // its gate, which it does only once every answer that can come has come.
@@ -545,7 +529,7 @@ func TestMapUnorderedDoesNotWaitForASlowTask(t *testing.T) {
 		argv("-w", "2", "--inflight", strconv.Itoa(inflight), "--unordered", "-q", lines("lines"))...)
 	// An ordered herd would wait for task 0 for ever: open the gate
 	// anyway after a while, and fail below.
-	timer := time.AfterFunc(30*time.Second, func() { openGate(gate) })
+	timer := time.AfterFunc(30*time.Second, func() { herdtest.OpenGate(gate) })
 	defer timer.Stop()
 	var out []string
 	sc := bufio.NewScanner(stdout)
@@ -554,7 +538,7 @@ func TestMapUnorderedDoesNotWaitForASlowTask(t *testing.T) {
 		// Task 0's worker holds it and at most inflight-1 tasks after
 		// it: every other answer can come out first.
 		if len(out) == n-inflight {
-			openGate(gate)
+			herdtest.OpenGate(gate)
 		}
 	}
 	if code, stderr := wait(); code != 0 || len(out) != n {
@@ -590,9 +574,9 @@ func TestMapOrderedWaitsForASlowTask(t *testing.T) {
 	}()
 	// Every task reaches a worker; all but task 0 and those behind it on
 	// its worker are answered.
-	if !herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") == n }) {
-		openGate(gate)
-		t.Fatalf("the workers read %d tasks of %d", logged(log, ""), n)
+	if !herdtest.Eventually(30*time.Second, func() bool { return herdtest.Logged(log, "") == n }) {
+		herdtest.OpenGate(gate)
+		t.Fatalf("the workers read %d tasks of %d", herdtest.Logged(log, ""), n)
 	}
 	time.Sleep(200 * time.Millisecond) // room for answers out of turn to come
 	select {
@@ -600,7 +584,7 @@ func TestMapOrderedWaitsForASlowTask(t *testing.T) {
 		t.Errorf("answer %q came out before task 0's", l)
 	default:
 	}
-	openGate(gate)
+	herdtest.OpenGate(gate)
 	var out []string
 	for l := range got {
 		out = append(out, l)
@@ -638,11 +622,11 @@ func TestMapTriesACrashingTaskRetriesPlusOneTimes(t *testing.T) {
 			if code != 1 || len(out) != 20 || !strings.Contains(out[7], `"error":"its worker exited (exit status 3)"`) {
 				t.Fatalf("exit %d, answers %q; stderr %s", code, out, stderr)
 			}
-			if tries := logged(log, "7"); tries != tc.retries+1 {
+			if tries := herdtest.Logged(log, "7"); tries != tc.retries+1 {
 				t.Errorf("task 7 was tried %d times with %d retries, want %d", tries, tc.retries, tc.retries+1)
 			}
 			for i := range 20 {
-				if tries := logged(log, strconv.Itoa(i)); i != 7 && tries != 1 {
+				if tries := herdtest.Logged(log, strconv.Itoa(i)); i != 7 && tries != 1 {
 					t.Errorf("task %d was run %d times, want once", i, tries)
 				}
 			}
@@ -746,15 +730,15 @@ func TestMapInflightBoundsWhatAWorkerHolds(t *testing.T) {
 			gate, log := filepath.Join(dir, "gate"), filepath.Join(dir, "log")
 			_, stdout, wait := startMap(t, []string{"TEST_ECHO=1", "TEST_GATE_ON=0", "TEST_GATE=" + gate, "TEST_LOG=" + log}, seqInput(n),
 				argv("-w", "1", "-q", tc.flags, lines("lines"))...)
-			defer openGate(gate)
-			if !herdtest.Eventually(30*time.Second, func() bool { return logged(log, "") >= tc.held }) {
-				t.Fatalf("the worker got %d tasks, want %d", logged(log, ""), tc.held)
+			defer herdtest.OpenGate(gate)
+			if !herdtest.Eventually(30*time.Second, func() bool { return herdtest.Logged(log, "") >= tc.held }) {
+				t.Fatalf("the worker got %d tasks, want %d", herdtest.Logged(log, ""), tc.held)
 			}
 			time.Sleep(300 * time.Millisecond) // room for more to come, if herd gave more
-			if got := logged(log, ""); got != tc.held {
+			if got := herdtest.Logged(log, ""); got != tc.held {
 				t.Errorf("a worker held up on its first task was given %d tasks, want %d", got, tc.held)
 			}
-			openGate(gate)
+			herdtest.OpenGate(gate)
 			out, _ := io.ReadAll(stdout)
 			if code, stderr := wait(); code != 0 || string(out) != seqInputString(n) {
 				t.Fatalf("exit %d, output %q; stderr %s", code, out, stderr)

@@ -339,3 +339,20 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// Logged counts the lines of a test worker's TEST_LOG file equal to task,
+// or all of them if task is "" (none if there is no file yet).
+func Logged(file, task string) int {
+	b, _ := os.ReadFile(file)
+	n := 0
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if strings.HasSuffix(l, "\n") && (task == "" || l == task+"\n") {
+			n++
+		}
+	}
+	return n
+}
+
+// OpenGate lets a test worker's gated task (TEST_GATE, or a {"gate":FILE}
+// task) go on.
+func OpenGate(gate string) { os.WriteFile(gate, nil, 0o644) }

@@ -1,40 +1,22 @@
 package logpump
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/herd-sh/herd/internal/herdtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// buffer is a concurrency-safe destination.
-type buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestLinesAreTaggedAndKeptWhole(t *testing.T) {
-	var out buffer
+	var out herdtest.SyncBuffer
 	s := NewSink(&out, Text, "stdout", 0)
 	long := strings.Repeat("y", 300_000) // longer than the read buffer
 	s.Pump(strings.NewReader("a\n\n"+long+"\nlast without newline"), 2, 42)
@@ -46,7 +28,7 @@ func TestLinesAreTaggedAndKeptWhole(t *testing.T) {
 }
 
 func TestOverlongLineIsSplitWithoutLoss(t *testing.T) {
-	var out buffer
+	var out herdtest.SyncBuffer
 	s := NewSink(&out, Text, "stdout", 4*MaxLine)
 	line := strings.Repeat("z", 2*MaxLine+10)
 	s.Pump(strings.NewReader(line+"\n"), 0, 1)
@@ -69,7 +51,7 @@ func TestOverlongLineIsSplitWithoutLoss(t *testing.T) {
 }
 
 func TestJSONFormat(t *testing.T) {
-	var out buffer
+	var out herdtest.SyncBuffer
 	s := NewSink(&out, JSON, "stderr", 0)
 	s.Pump(strings.NewReader("tab\there \"quoted\"\n\xff invalid utf8\n"), 1, 7)
 	s.Close()
@@ -130,7 +112,7 @@ func TestStuckDestinationDropsAndCounts(t *testing.T) {
 }
 
 func TestDroppedLinesAreCounted(t *testing.T) {
-	var out buffer
+	var out herdtest.SyncBuffer
 	gate := make(chan struct{})
 	s := NewSink(io.MultiWriter(writerFunc(func(p []byte) (int, error) { <-gate; return len(p), nil }), &out), Text, "stdout", 200)
 	s.Pump(strings.NewReader(strings.Repeat("0123456789\n", 100)), 3, 5)

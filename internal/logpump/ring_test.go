@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/herd-sh/herd/internal/herdtest"
 )
 
 func texts(lines []Line) []string {
@@ -195,7 +197,7 @@ func TestFollowEndsWithContext(t *testing.T) {
 
 func TestSinkTeesWorkerLinesOnly(t *testing.T) {
 	r := NewRing(0, 4*MaxLine)
-	var out, errOut buffer
+	var out, errOut herdtest.SyncBuffer
 	stdout := NewSink(&out, Text, "stdout", 4*MaxLine)
 	stderr := NewSink(&errOut, JSON, "stderr", 0)
 	stdout.SetRing(r)
