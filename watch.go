@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-sh/herd/internal/healthcheck"
@@ -32,8 +33,16 @@ const (
 // readiness timeout. Called on the slot's goroutine.
 func (s *Supervisor) watchReadiness(p *process) {
 	r := s.opts.Ready
+	// probeErr is what last kept the listen probe from seeing the worker
+	// (a permission denied, say): the timeout names it, or a worker that
+	// is accepting would be killed for "not ready" with no reason given.
+	var probeErr atomic.Pointer[error]
 	p.readyTimer = time.AfterFunc(r.Timeout, func() {
-		p.sl.post(procEvent{p: p, kind: evNotReady, err: fmt.Errorf("not ready within %v (--ready %s)", r.Timeout, r)})
+		err := fmt.Errorf("not ready within %v (--ready %s)", r.Timeout, r)
+		if e := probeErr.Load(); e != nil {
+			err = fmt.Errorf("%w; the readiness probe could not look: %w", err, *e)
+		}
+		p.sl.post(procEvent{p: p, kind: evNotReady, err: err})
 	})
 	ready := func() { p.sl.post(procEvent{p: p, kind: evReady}) }
 	switch r.Mode {
@@ -110,7 +119,12 @@ func (s *Supervisor) watchReadiness(p *process) {
 					}
 					return auto
 				}
-				if ok, _ := probe.Accepting(p.pid, inodes); !ok {
+				ok, err := probe.Accepting(p.pid, inodes)
+				if err != nil && probeErr.Swap(&err) == nil {
+					s.log.Warn("readiness probe cannot see what the worker waits on; it counts as not accepting",
+						"worker", p.slot, "pid", p.pid, "err", err)
+				}
+				if !ok {
 					return true
 				}
 				// A worker that speaks the protocol says hello before it

@@ -746,6 +746,55 @@ func TestReuseportWithoutBPFPrivilegeSaysSo(t *testing.T) {
 	}
 }
 
+// A worker the readiness probe may not look into (one that made itself
+// non-dumpable, under a herd without CAP_SYS_PTRACE) accepts but cannot be
+// seen to: herd says why, once, and the readiness timeout names it,
+// instead of killing the worker "not ready" with no reason given.
+func TestReadinessProbeErrorIsTold(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run herd as user nobody (uid 65534)")
+	}
+	bin, dir := binForNobody(t)
+	// ctypes is the stdlib's way to prctl(PR_SET_DUMPABLE, 0).
+	const worker = `import ctypes, socket
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+s = socket.socket(fileno=3)
+while True:
+    s.accept()[0].close()
+`
+	cmd := exec.Command(bin, "run", "--no-control", "-w", "1", "-l", "127.0.0.1:0",
+		"--ready", "listen", "--ready-timeout", "1s", "--", "python3", "-c", worker)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HERD_TEST_AS_CLI=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Setpgid: true}
+	var stderr herdtest.SyncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot run herd as nobody: %v", err)
+	}
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	warn := "readiness probe cannot see what the worker waits on"
+	timeout := "not ready within 1s (--ready listen); the readiness probe could not look: probe: "
+	if !herdtest.Eventually(15*time.Second, func() bool {
+		return strings.Contains(stderr.String(), timeout)
+	}) {
+		t.Fatalf("no readiness timeout naming the probe's error within 15s; stderr:\n%s", stderr.String())
+	}
+	got := stderr.String()
+	if n := strings.Count(got[:strings.Index(got, timeout)], warn); n != 1 {
+		t.Errorf("%d warnings %q before the timeout, want 1; stderr:\n%s", n, warn, got)
+	}
+	for _, l := range strings.Split(got, "\n") {
+		if strings.Contains(l, warn) && !strings.Contains(l, "permission denied") {
+			t.Errorf("warning %q does not say permission denied", l)
+		}
+	}
+}
+
 func TestWorkerOutputIsTaggedAndKeptWhole(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, nil, argv("-w", "1", worker("print", "first", "long:200000", "stderr:oops", "partial:no newline"))...)
