@@ -3,6 +3,7 @@ package herd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -429,4 +430,96 @@ func TestLinuxOnlyOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Restart of a slot whose worker is still starting waits for the
+// replacement it starts, not for that worker: when the starting worker
+// becomes ready first and the replacement never does, Restart says so.
+func TestRestartOfAStartingWorkerWaitsForItsReplacement(t *testing.T) {
+	// A worker is ready once the test opens its gate (gate.PID); the
+	// replacement's never opens, so it never is.
+	gate := filepath.Join(t.TempDir(), "gate")
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Env:     append(os.Environ(), "TEST_READY_GATE="+gate),
+		Ready:   herd.Readiness{Timeout: 3 * time.Second},
+	})
+	var first herd.WorkerInfo
+	if !herdtest.Eventually(15*time.Second, func() bool { first = s.Workers()[0]; return first.PID != 0 }) {
+		t.Fatalf("no first worker: %+v", first)
+	}
+	if first.Ready || first.State != herd.StateStarting {
+		t.Fatalf("the first worker, held at its gate: %+v, want it starting", first)
+	}
+	restarted := make(chan error, 1)
+	go func() { restarted <- s.Restart(context.Background(), 0) }()
+	var w herd.WorkerInfo
+	if !herdtest.Eventually(15*time.Second, func() bool { w = s.Workers()[0]; return w.NextPID != 0 }) {
+		t.Fatalf("no replacement started: %+v", w)
+	}
+	// The first worker becomes ready while its replacement starts.
+	herdtest.OpenGate(fmt.Sprintf("%s.%d", gate, first.PID))
+	if !herdtest.Eventually(15*time.Second, func() bool { w = s.Workers()[0]; return w.Ready }) {
+		t.Fatalf("the first worker did not become ready: %+v", w)
+	}
+	if w.PID != first.PID || w.NextPID == 0 {
+		t.Fatalf("slot 0 when its first worker became ready: %+v; want pid %d, its replacement still starting", w, first.PID)
+	}
+	select {
+	case err := <-restarted:
+		if !errors.Is(err, herd.ErrNotReady) {
+			t.Fatalf("Restart: %v, want ErrNotReady: the replacement never became ready", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Restart did not return")
+	}
+	if w := waitAllReady(t, s, 1)[0]; w.PID != first.PID {
+		t.Errorf("slot 0 after the failed restart: %+v, want the first worker (pid %d) serving", w, first.PID)
+	}
+	stop()
+}
+
+// A reload replacing a slot that a scale-down retires meanwhile leaves
+// that slot be: the reload succeeds.
+func TestReloadSkipsASlotRetiredMeanwhile(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	herdtest.OpenGate(gate) // open for the first workers
+	s, stop := start(t, herd.Options{
+		Command:     testworker.Command("lib"),
+		Workers:     2,
+		Listen:      []string{"127.0.0.1:0"},
+		Env:         append(os.Environ(), "TEST_READY_GATE="+gate),
+		ReloadBatch: 2,
+	})
+	before := waitAllReady(t, s, 2)
+	// Both replacements wait at the gate while worker 1 is retired.
+	os.Remove(gate)
+	ctx := context.Background()
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(ctx) }()
+	var ws []herd.WorkerInfo
+	if !herdtest.Eventually(15*time.Second, func() bool {
+		ws = s.Workers()
+		return ws[0].NextPID != 0 && ws[1].NextPID != 0
+	}) {
+		t.Fatalf("the reload did not start both replacements: %+v", ws)
+	}
+	if err := s.Scale(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	herdtest.OpenGate(gate)
+	select {
+	case err := <-reloaded:
+		if err != nil {
+			t.Fatalf("Reload with worker 1 retired meanwhile: %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Reload did not return")
+	}
+	if w := waitAllReady(t, s, 1)[0]; w.PID == before[0].PID {
+		t.Errorf("worker 0 kept pid %d through the reload", w.PID)
+	}
+	stop()
 }

@@ -248,7 +248,7 @@ func (m *machine) command(cmd slotCmd) {
 		cmd.reply(fmt.Errorf("worker %d: %w", m.id, ErrStopping))
 	case cmd.kind == cmdRetire:
 		m.retired = &cmd
-		m.stop(fmt.Errorf("worker %d is being retired", m.id))
+		m.stop(fmt.Errorf("worker %d is being retired: %w", m.id, ErrStopping))
 	case len(m.pending) > 0 || m.next != nil:
 		// A replacement is starting already: the fresh worker it brings
 		// is what this command asks for too.
@@ -432,7 +432,12 @@ func (m *machine) event(e procEvent) error {
 			} else {
 				m.sup.setLive(m.id, true)
 			}
-			m.finish(nil) // a replacement asked while the slot had no worker
+			if m.next == nil {
+				// A replacement asked while the slot had no worker. One
+				// asked while this worker was starting waits for its own
+				// replacement (m.next), which promote completes.
+				m.finish(nil)
+			}
 		}
 
 	case evNotReady:

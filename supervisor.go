@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -364,7 +365,13 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 			}
 		}
 		if len(errs) > 0 {
-			err := fmt.Errorf("reload stopped after %d of %d workers; the others keep serving: %w", i, len(slots), errors.Join(errs...))
+			// One line whatever the batch: the CLI prints it as one.
+			args := []any{i, len(slots)}
+			for _, e := range errs {
+				args = append(args, e)
+			}
+			err := fmt.Errorf("reload stopped after %d of %d workers; the others keep serving: "+
+				strings.TrimSuffix(strings.Repeat("%w; ", len(errs)), "; "), args...)
 			s.log.Error("reload failed", "err", err)
 			return err
 		}

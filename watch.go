@@ -2,6 +2,7 @@ package herd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -59,11 +60,12 @@ func (s *Supervisor) watchReadiness(p *process) {
 		})
 	case ReadyHTTP:
 		remote, local := s.probeTarget(p)
+		check := s.takenByCheck(p)
 		p.sl.watch(p, func() {
 			every(p, httpProbeEvery, func() bool {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				defer cancel()
-				if healthcheck.HTTP(ctx, remote, local, r.Path) == nil {
+				if healthcheck.HTTPChecked(ctx, remote, local, r.Path, check) == nil {
 					ready()
 					return false
 				}
@@ -273,6 +275,40 @@ func every(p *process, d time.Duration, f func() bool) {
 // watch runs f on a goroutine the slot waits for before it ends; f must
 // return once p's leader has exited.
 func (sl *slot) watch(p *process, f func()) { sl.watchers.Go(f) }
+
+// errTakenByAnother is a readiness probe answered by another process than
+// the worker being probed.
+var errTakenByAnother = errors.New("the connection was taken by another worker sharing the socket")
+
+// takenByCheck returns the check that a readiness probe of p reached p:
+// in reuseport mode the worker p replaces accepts on the slot's socket
+// until p is ready, and in shared mode every worker accepts on the one
+// socket, so a 2xx from whoever took the probe would not say that p
+// serves. The probe is sent on only when p's process group took the
+// connection; else the connection is closed with nothing sent, and the
+// next probe tries again. nil where the socket is p's alone (proxy and
+// hand-over modes: herd picks the worker), and off Linux. (Health checks
+// go without it: they check ready workers, which have the slot's socket
+// to themselves but for the moment a replacement overlaps them.)
+func (s *Supervisor) takenByCheck(p *process) func(context.Context, net.Conn) error {
+	if !probe.Supported || (s.opts.Balance != BalanceReuseport && s.opts.Balance != BalanceShared) {
+		return nil
+	}
+	return func(ctx context.Context, c net.Conn) error {
+		server, _ := c.RemoteAddr().(*net.TCPAddr)
+		client, _ := c.LocalAddr().(*net.TCPAddr)
+		if server == nil || client == nil {
+			return nil
+		}
+		// Only a sure "another took it" holds the probe back. When it
+		// cannot be told (the worker's fds may not be looked at, the
+		// connection was closed at once), the answer decides, as before.
+		if ok, err := probe.TakenBy(ctx, p.pid, server.AddrPort(), client.AddrPort()); err == nil && !ok {
+			return errTakenByAnother
+		}
+		return nil
+	}
+}
 
 // probeTarget is where the probes of p go: in proxy mode its own port;
 // else the first listener that can be reached per slot, from the source

@@ -247,6 +247,61 @@ func TestFailedReloadKeepsTheOldWorkers(t *testing.T) {
 	}
 }
 
+// With --reload-batch 2, both new workers of a batch failing make one
+// error: one line on stderr naming both.
+func TestFailedBatchReloadIsOneLine(t *testing.T) {
+	t.Parallel()
+	broken := filepath.Join(t.TempDir(), "broken")
+	h := startHerd(t, []string{"TEST_NOT_READY_IF=" + broken}, argv("-w", "2", "-l", "127.0.0.1:0", "--reload-batch", "2", "--ready-timeout", "500ms", worker("lib"))...)
+	ctl := controlOf(t, h)
+	before := waitWorkers(t, ctl, 2)
+	os.WriteFile(broken, nil, 0o644)
+	code, stdout, stderr := herdCtl(t, ctl, "reload")
+	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+	if code != 1 || len(lines) != 1 || stdout != "" ||
+		!strings.HasPrefix(lines[0], "herd: reload stopped after 0 of 2 workers") ||
+		!strings.Contains(lines[0], "worker 0: new worker did not become ready: not ready within 500ms") ||
+		!strings.Contains(lines[0], "worker 1: new worker did not become ready: not ready within 500ms") {
+		t.Fatalf("reload of a batch of 2 broken workers: exit %d, stdout %q, stderr %q; want exit 1 and one line naming both failures", code, stdout, stderr)
+	}
+	after := waitWorkers(t, ctl, 2)
+	for i := range 2 {
+		if after.Workers[i].PID != before.Workers[i].PID {
+			t.Errorf("worker %d: pid %d, want the old %d", i, after.Workers[i].PID, before.Workers[i].PID)
+		}
+	}
+}
+
+// A scale signal does not hold up a stop. Here SIGTTOU retires worker 1,
+// which ignores SIGTERM and so is killed only at --stop-timeout (6s), and
+// the SIGTTIN that follows waits for it to be gone; a SIGTERM meanwhile
+// stops herd at once, and the waiting scale-up starts no worker.
+func TestStopIsNotHeldUpByAWaitingScale(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_IGNORE_TERM=1"}, argv("-w", "2", "--stop-timeout", "6s", "-l", "127.0.0.1:0", worker("http"))...)
+	ctl := controlOf(t, h)
+	waitWorkers(t, ctl, 2)
+	h.Signal(syscall.SIGTTOU)
+	h.WaitLog(`msg="scaled down"`, 10*time.Second)
+	h.Signal(syscall.SIGTTIN)
+	// Let herd take SIGTTIN first: of signals pending together, Go
+	// delivers the lower-numbered first, SIGTERM before SIGTTIN.
+	time.Sleep(500 * time.Millisecond)
+	started := h.Count(`msg="worker started"`)
+	h.Signal(syscall.SIGTERM)
+	// Far below the 6s until worker 1 is killed, which the stop waited
+	// for when the scale-up was applied in the signal loop.
+	if !herdtest.Eventually(3*time.Second, func() bool { return h.Count("msg=stopping ") > 0 }) {
+		t.Errorf("herd did not log its stop within 3s of SIGTERM")
+	}
+	if code := h.Wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
+	if n := h.Count(`msg="worker started"`); n != started || h.Count(`msg="scaled up"`) != 0 {
+		t.Errorf("%d workers started after SIGTERM (scaled up: %d), want none", n-started, h.Count(`msg="scaled up"`))
+	}
+}
+
 func TestRestartStopAndLogs(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, nil, argv("-w", "2", worker("print", "line-one", "line-two"))...)

@@ -236,6 +236,24 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 	done := make(chan struct{})
 	var watcher sync.WaitGroup
 	log := sup.Logger()
+	// SIGTTIN/SIGTTOU are applied in turn by a goroutine of their own: a
+	// scale can wait (for a retired worker to drain), and the signal loop
+	// must stay free for a stop meanwhile.
+	scales := make(chan int, 16)
+	watcher.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case delta := <-scales:
+				if n := len(sup.Workers()) + delta; n >= 1 && ctx.Err() == nil {
+					if err := sup.Scale(ctx, n); err != nil && ctx.Err() == nil {
+						log.Warn("cannot scale", "workers", n, "err", err)
+					}
+				}
+			}
+		}
+	})
 	watcher.Go(func() {
 		stopping := false
 		for {
@@ -247,16 +265,20 @@ func runCluster(cmd *cobra.Command, f runFlags, args []string) error {
 				case syscall.SIGHUP:
 					// Like nginx and gunicorn: a rolling reload. A reload
 					// that fails logs why; the old workers keep serving.
-					watcher.Go(func() { sup.Reload(ctx) })
+					watcher.Go(func() {
+						if err := sup.Reload(ctx); errors.Is(err, herd.ErrBusy) {
+							log.Warn("SIGHUP ignored", "err", err)
+						}
+					})
 				case syscall.SIGTTIN, syscall.SIGTTOU:
 					delta := 1
 					if s == syscall.SIGTTOU {
 						delta = -1
 					}
-					if n := len(sup.Workers()) + delta; n >= 1 {
-						if err := sup.Scale(ctx, n); err != nil {
-							log.Warn("cannot scale", "signal", signalName(s), "err", err)
-						}
+					select {
+					case scales <- delta:
+					default:
+						log.Warn("signal ignored: too many scale signals waiting", "signal", signalName(s))
 					}
 				default:
 					if stopping && s == syscall.SIGINT {

@@ -55,6 +55,15 @@ func earliest(ctx context.Context, t time.Time) time.Time {
 // straight to remote: no proxy, no redirect is followed (a 3xx is a
 // failure), no connection is reused.
 func HTTP(ctx context.Context, remote, local *net.TCPAddr, path string) error {
+	return HTTPChecked(ctx, remote, local, path, nil)
+}
+
+// HTTPChecked is HTTP with check called on the connection once it is
+// established, before the request is sent (nil: no check). A check that
+// fails ends the probe with its error, and the server sees a connection
+// closed with nothing sent. Readiness uses it to make sure that the
+// worker being probed is the one that took the connection.
+func HTTPChecked(ctx context.Context, remote, local *net.TCPAddr, path string, check func(context.Context, net.Conn) error) error {
 	p := start(ctx, "GET "+path+" on worker socket "+remote.String())
 	if !strings.HasPrefix(path, "/") {
 		return fmt.Errorf("%s: the path must start with /", p.op)
@@ -76,6 +85,11 @@ func HTTP(ctx context.Context, remote, local *net.TCPAddr, path string) error {
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if check != nil {
+		if err := check(ctx, conn); err != nil {
+			return fmt.Errorf("%s: %w", p.op, err)
+		}
+	}
 	if err := req.Write(conn); err != nil {
 		return p.fail(ctx, err)
 	}

@@ -49,8 +49,10 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 )
 
@@ -77,6 +79,22 @@ func Accepting(pgid int, inodes []uint64) (bool, error) {
 		return false, fmt.Errorf("probe: invalid process group %d", pgid)
 	}
 	return accepting(pgid, inodes)
+}
+
+// TakenBy waits, until ctx ends, for a TCP connection the caller made to
+// a worker's listening socket to be accepted, and reports whether a
+// process of group pgid took it. server is the address the caller
+// connected to and client the connection's local address.
+//
+// It tells a probe answered by the worker being probed from one answered
+// by another process accepting on the same socket: in reuseport mode the
+// worker a new one replaces shares the slot's socket until the new one is
+// ready, and in shared mode every worker does. The kernel names the
+// socket that accepted the connection (sock_diag); the group's fds are
+// looked in as Accepting does, with the same access rules. Linux only;
+// elsewhere it fails with an error wrapping ErrUnsupported.
+func TakenBy(ctx context.Context, pgid int, server, client netip.AddrPort) (bool, error) {
+	return takenBy(ctx, pgid, server, client)
 }
 
 // SocketInode returns the inode number of an open socket file, the number

@@ -48,15 +48,20 @@ type scan struct {
 }
 
 func accepting(pgid int, inodes []uint64) (bool, error) {
-	s := newScan(pgid, inodes)
-	// The leader is the worker itself, which is nearly always the process
-	// that accepts: looking at it first makes the answer for a ready
-	// worker cost one process's reads instead of a walk of all of /proc.
-	if s.member(pgid) {
-		s.process(pgid)
+	return newScan(pgid, inodes).walk((*scan).process)
+}
+
+// walk calls visit for the processes of the group until every inode has
+// been found, and reports whether they were. The leader is the worker
+// itself, which nearly always is the process that accepts: looking at it
+// first makes the answer for a ready worker cost one process's reads
+// instead of a walk of all of /proc.
+func (s *scan) walk(visit func(s *scan, pid int)) (bool, error) {
+	if s.member(s.pgid) {
+		visit(s, s.pgid)
 	}
 	if !s.done() {
-		s.others()
+		s.others(visit)
 	}
 	if s.done() {
 		return true, nil
@@ -91,9 +96,9 @@ func (s *scan) note(what string, err error) {
 	}
 }
 
-// others looks at every process of the group but its leader. There is no
+// others visits every process of the group but its leader. There is no
 // way to list a process group but to ask every process for its own.
-func (s *scan) others() {
+func (s *scan) others(visit func(s *scan, pid int)) {
 	names, err := s.list(unix.AT_FDCWD, "/proc")
 	if err != nil {
 		s.note("/proc", err)
@@ -105,7 +110,7 @@ func (s *scan) others() {
 			continue
 		}
 		if s.member(pid) {
-			s.process(pid)
+			visit(s, pid)
 			if s.done() {
 				return
 			}

@@ -1,8 +1,12 @@
 package probe
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +50,7 @@ func childFds() (socks []int, gate, ready int) {
 // runChild is the test binary acting as a worker, in one of these modes:
 //
 //	netlisten  net.FileListener + Accept on every socket (epoll)
+//	keep       the same, holding each connection until its client closes it
 //	accept     a raw blocking accept(2) on the first socket
 //	accept4    a raw blocking accept4(2) on the first socket
 //	poll       x/sys unix.Poll (ppoll(2) on Linux) on [-1, first socket]
@@ -145,6 +150,28 @@ func runChild(mode string) {
 		step()
 		for _, fd := range socks {
 			serve(fd)
+		}
+	case "keep":
+		// Like netlisten, but every connection is held until its client
+		// closes it: TakenBy looks for the accepted socket.
+		step()
+		for _, fd := range socks {
+			l, err := net.FileListener(os.NewFile(uintptr(fd), "socket"))
+			if err != nil {
+				fail(err)
+			}
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						fail(err)
+					}
+					go func() {
+						io.Copy(io.Discard, c)
+						c.Close()
+					}()
+				}
+			}()
 		}
 	case "accept":
 		step()
@@ -602,4 +629,84 @@ func BenchmarkAccepting(b *testing.B) {
 		procs, _ := filepath.Glob("/proc/[0-9]*")
 		b.ReportMetric(float64(len(procs)), "procs")
 	})
+}
+
+// dialTaken connects to the listening socket f and returns the connection
+// and its two ends' addresses, as TakenBy wants them.
+func dialTaken(tb testing.TB, f *os.File) (c net.Conn, server, client netip.AddrPort) {
+	tb.Helper()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c, err = net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort()
+}
+
+func takenWithin(d time.Duration, pgid int, server, client netip.AddrPort) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return TakenBy(ctx, pgid, server, client)
+}
+
+// TakenBy tells which of two processes accepting on one socket (an old
+// worker and its replacement, in reuseport mode) took a connection, and
+// waits while nobody has.
+func TestTakenBy(t *testing.T) {
+	t.Parallel()
+	f, _ := listener(t)
+	old := startGo(t, "keep", f)
+	next := startGo(t, "keep", f)
+	old.atGate(t)
+	next.atGate(t)
+
+	// Nobody accepts yet: the connection waits in the queue.
+	_, server, client := dialTaken(t, f)
+	if ok, err := takenWithin(50*time.Millisecond, next.pgid(), server, client); ok || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("TakenBy of a queued connection = %v, %v; want false and a deadline error", ok, err)
+	}
+	old.open(t) // only the old one accepts
+	if ok, err := takenWithin(10*time.Second, next.pgid(), server, client); ok || err != nil {
+		t.Errorf("TakenBy(the process that did not accept) = %v, %v; want false, nil", ok, err)
+	}
+	if ok, err := takenWithin(10*time.Second, old.pgid(), server, client); !ok || err != nil {
+		t.Errorf("TakenBy(the process that accepted) = %v, %v; want true, nil", ok, err)
+	}
+}
+
+func TestTakenByIPv6(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := startGo(t, "keep", f)
+	c.atGate(t)
+	c.open(t)
+	_, server, client := dialTaken(t, f)
+	if ok, err := takenWithin(10*time.Second, c.pgid(), server, client); !ok || err != nil {
+		t.Errorf("TakenBy over IPv6 = %v, %v; want true, nil", ok, err)
+	}
+}
+
+// A connection the kernel does not know is an error, not a "no".
+func TestTakenByUnknownConnection(t *testing.T) {
+	t.Parallel()
+	server := netip.MustParseAddrPort("127.0.0.1:1")
+	client := netip.MustParseAddrPort("127.0.0.1:2")
+	if ok, err := takenWithin(time.Second, os.Getpid(), server, client); ok || !errors.Is(err, unix.ENOENT) {
+		t.Errorf("TakenBy of no connection = %v, %v; want false and ENOENT", ok, err)
+	}
 }

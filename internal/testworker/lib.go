@@ -30,6 +30,8 @@ import (
 //	grow {"mb":N}   allocate and touch N MiB more, and keep it
 //	TEST_NOT_READY_IF=FILE  when FILE exists at start, serve but never
 //	                say herd.ready (a reload to a broken version)
+//	TEST_READY_GATE=FILE  first wait until FILE, or FILE.PID for this
+//	                worker's pid, exists (become ready when the test says)
 //
 // Lib runs the lib role in this process (for a self-forked test binary);
 // with TEST_SELF_FORK_ROLE=tasks, the tasks role (a self-forked Pool).
@@ -79,6 +81,16 @@ func libWorker() error {
 		return err
 	}
 	defer w.Close()
+	if gate := os.Getenv("TEST_READY_GATE"); gate != "" {
+		own := fmt.Sprintf("%s.%d", gate, os.Getpid())
+		for !exists(gate) && !exists(own) {
+			select {
+			case <-w.Context().Done():
+				return nil
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 	if n, _ := strconv.Atoi(os.Getenv("TEST_SEQ")); n > 0 {
 		for i := range n {
 			if err := w.Send("seq", i); err != nil {
