@@ -184,7 +184,7 @@ func (sl *slot) run(stop, kill <-chan struct{}) error {
 			if m.retired != nil {
 				m.retired.done <- nil
 			}
-			return nil
+			return m.fatal
 		}
 	}
 }
@@ -198,7 +198,8 @@ type machine struct {
 	pending   []slotCmd // the commands waiting for next (or a new cur) to be ready
 	restartAt <-chan time.Time
 	joinAt    <-chan time.Time
-	stopping  bool // stopping or retiring: no new worker starts
+	stopping  bool  // stopping or retiring: no new worker starts
+	fatal     error // what ends the cluster once the slot's processes are gone
 	retired   *slotCmd
 	everRan   bool // some worker of this slot ran the command
 
@@ -538,10 +539,12 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		why := notReadyWhy(p, status)
 		if expected {
 			// Stopped with the slot: nothing failed.
+			logExit("replacement stopped")
 			m.finish(fmt.Errorf("worker %d: %w: %w", m.id, ErrNotReady, why))
 			return nil
 		}
-		m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "reason", p.reason, "err", why)
+		m.log.Error("replacement failed; the old worker keeps serving", "pid", p.pid, "reason", p.reason, "err", why,
+			"status", status, "uptime", uptime.Round(time.Millisecond).String())
 		// A failed start, as if it had been the slot's only worker: it is
 		// counted, and it moves the slot's backoff on (it never stayed
 		// up), which delays the next attempt the slot makes by itself. It
@@ -591,8 +594,18 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 	m.log.Warn("worker exited", "pid", p.pid, "status", status, "code", st.ExitCode(), "uptime", uptime.Round(time.Millisecond).String())
 	if !m.limit.Allow(time.Now()) {
 		r := m.sup.opts.Restart
-		return fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",
+		err := fmt.Errorf("worker %d: %w: more than %d restarts within %v (last: %s)",
 			m.id, ErrCrashLoop, r.MaxRestarts, r.Window, status)
+		if m.next == nil {
+			return err
+		}
+		// The replacement started the moment its predecessor died goes
+		// at once, before the slot ends with err: the cluster is ending,
+		// and the slot cannot end while a process of it runs.
+		m.fatal = err
+		m.stop(err)
+		m.killAll()
+		return nil
 	}
 	why := notReadyWhy(p, status)
 	m.publish(func(i *WorkerInfo) {

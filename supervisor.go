@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -354,15 +355,27 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 			dones[j] = sl.ask(cmdReplace, "reload")
 		}
 		var errs []error
-		for _, done := range dones {
+		stopped := false
+		for j, done := range dones {
 			select {
 			case err := <-done:
-				if err != nil && !errors.Is(err, ErrStopping) {
+				switch {
+				case err == nil:
+				case errors.Is(err, ErrStopping) && !slices.Contains(s.slotList(), group[j]):
+					// Retired by a scale-down meanwhile: nothing to replace.
+				case errors.Is(err, ErrStopping):
+					stopped = true
+				default:
 					errs = append(errs, err)
 				}
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
+		}
+		if stopped {
+			err := fmt.Errorf("reload stopped after %d of %d workers: the cluster is stopping: %w", i, len(slots), ErrStopping)
+			s.log.Warn("reload cut short", "err", err)
+			return err
 		}
 		if len(errs) > 0 {
 			// One line whatever the batch: the CLI prints it as one.

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -290,6 +292,118 @@ func TestUptimeGrowsAndRestartsWithTheWorker(t *testing.T) {
 	for _, w := range s.Workers() {
 		if w.Uptime() != 0 {
 			t.Errorf("worker %d: uptime %v with no process (%+v)", w.ID, w.Uptime(), w)
+		}
+	}
+}
+
+// A worker that had stayed up is replaced the moment it dies; when that
+// death is also one restart too many, the replacement started for it must
+// go too, at once: Run returns ErrCrashLoop with no process left, even if
+// the replacement would never become ready (here it never accepts).
+func TestCrashLoopStopsAReplacementStartedEarly(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	count := filepath.Join(dir, "count")
+	script := filepath.Join(dir, "worker.sh")
+	// Starts 1 and 2 serve and die after 400 ms (past BackoffReset, so each
+	// is replaced at once); start 3 holds its socket and never accepts.
+	body := fmt.Sprintf(`#!/bin/sh
+echo $$ >> %[1]q.pids
+n=$(($(cat %[1]q 2>/dev/null || echo 0) + 1))
+echo $n > %[1]q
+if [ $n -ge 3 ]; then exec %[2]q %[3]s sleep; fi
+TEST_EXIT_AFTER=400ms exec %[2]q %[3]s http
+`, count, os.Args[0], testworker.Marker)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := herd.New(herd.Options{
+		Command:     []string{script},
+		Workers:     1,
+		Listen:      []string{"127.0.0.1:0"},
+		Ready:       herd.Readiness{Mode: herd.ReadyListen},
+		Restart:     herd.RestartPolicy{MaxRestarts: 1, Window: time.Minute, BackoffReset: 300 * time.Millisecond},
+		StopTimeout: time.Hour, // the replacement ignores SIGTERM: only a kill ends it
+		Stdout:      io.Discard,
+		Stderr:      io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, herd.ErrCrashLoop) {
+			t.Fatalf("Run: %v, want ErrCrashLoop", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20s of the crash loop: the replacement started early keeps the slot open")
+	}
+	b, err := os.ReadFile(count + ".pids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, _ := strconv.Atoi(f); herdtest.Alive(pid) {
+			t.Errorf("worker %d outlived Run", pid)
+		}
+	}
+}
+
+// A reload cut short by the cluster's stop is not a reload that worked.
+func TestReloadCutShortByAStopSaysSo(t *testing.T) {
+	t.Parallel()
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log herdtest.SyncBuffer
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Env:     append(os.Environ(), "TEST_READY_GATE="+gate),
+		Stderr:  &log,
+	})
+	old := waitState(t, s, herd.StateReady)[0].PID
+	os.Remove(gate) // the replacement waits at its gate
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(context.Background()) }()
+	if !herdtest.Eventually(15*time.Second, func() bool { return s.Workers()[0].NextPID != 0 }) {
+		t.Fatal("the reload started no replacement")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-reloaded:
+		if !errors.Is(err, herd.ErrStopping) || !strings.Contains(err.Error(), "reload stopped after 0 of 1 workers: the cluster is stopping") {
+			t.Errorf("Reload cut short by a stop: %v, want ErrStopping saying so", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Reload did not return after the stop")
+	}
+	if herdtest.Alive(old) {
+		t.Errorf("worker %d outlived the stop", old)
+	}
+	// Every worker that started has its end logged, with how it ended and
+	// how long it ran: the replacement the stop cut short too.
+	lines := strings.Split(log.String(), "\n")
+	for i, l := range lines {
+		if !strings.Contains(l, `msg="worker started"`) {
+			continue
+		}
+		_, pid, _ := strings.Cut(l, " pid=")
+		pid = strings.Fields(pid)[0]
+		ended := false
+		for _, later := range lines[i+1:] {
+			if strings.Contains(later, " pid="+pid+" ") && strings.Contains(later, " status=") && strings.Contains(later, " uptime=") {
+				ended = true
+			}
+		}
+		if !ended {
+			t.Errorf("worker %s started and its end was never logged; log:\n%s", pid, log.String())
 		}
 	}
 }

@@ -88,6 +88,7 @@ func firstOr(args []string, def string) string {
 //	TEST_IGNORE_TERM=1  SIGTERM is ignored (to test the stop deadline)
 //	TEST_CHILD=1        start a grandchild (sleep) in the worker's group
 //	TEST_SLOW=DUR       each request takes this long
+//	TEST_EXIT_AFTER=DUR exit with status 3 this long after it started serving
 func serveHTTP() error {
 	id := os.Getenv("HERD_WORKER_ID")
 	if os.Getenv("TEST_CRASH_SLOT") == id {
@@ -125,6 +126,9 @@ func serveHTTP() error {
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
 	} else {
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	}
+	if d, err := time.ParseDuration(os.Getenv("TEST_EXIT_AFTER")); err == nil {
+		time.AfterFunc(d, func() { os.Exit(3) })
 	}
 	fmt.Printf("serving id=%s pid=%d\n", id, os.Getpid())
 	var wg sync.WaitGroup
