@@ -116,8 +116,9 @@ type Options struct {
 	NodeIPC string
 	// Health checks running workers; a worker that fails is replaced.
 	Health HealthCheck
-	// MaxMemory, when positive, replaces a worker whose process group's
-	// resident memory (RSS, summed) exceeds it, in bytes. Linux only (it
+	// MaxMemory, when positive, replaces a worker whose process tree's
+	// resident memory (RSS, summed over its process group and every
+	// descendant, see herd status) exceeds it, in bytes. Linux only (it
 	// reads /proc): New refuses it elsewhere.
 	MaxMemory uint64
 	// MaxLifetime, when positive, replaces each worker after it has run

@@ -501,6 +501,7 @@ func (m *machine) promote() {
 	m.current.Store(m.cur)
 	m.publish(func(i *WorkerInfo) {
 		i.PID, i.NextPID, i.State, i.Started, i.Ready, i.LastError = m.cur.pid, 0, StateReady, m.cur.started, true, ""
+		i.RSS, i.CPU = 0, 0 // the old worker's; the next sample gives the new one's
 	})
 	m.sup.setLive(m.id, true)
 	if old != nil {
@@ -623,6 +624,7 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 		m.current.Store(m.cur)
 		m.publish(func(i *WorkerInfo) {
 			i.PID, i.NextPID, i.State, i.Started = m.cur.pid, 0, StateStarting, m.cur.started
+			i.RSS, i.CPU = 0, 0
 		})
 		return nil
 	}

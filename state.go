@@ -60,7 +60,7 @@ type WorkerInfo struct {
 	// NextPID is the replacement being started (a reload, a restart, an
 	// unhealthy worker), 0 when none is.
 	NextPID int
-	// RSS is the resident memory of the worker's process group in bytes,
+	// RSS is the resident memory of the worker's process tree in bytes,
 	// and CPU its CPU use in percent of one core, as last sampled (every
 	// two seconds).
 	RSS uint64

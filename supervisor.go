@@ -171,6 +171,7 @@ func New(opts Options) (*Supervisor, error) {
 			s.log = slog.New(slog.NewTextHandler(s.stderr, nil))
 		}
 	}
+	s.log = withHistory(s.log, s.history)
 	slots := make([]*slot, opts.Workers)
 	for i := range slots {
 		slots[i] = newSlot(s, i)
@@ -741,17 +742,21 @@ func (s *Supervisor) Close() error {
 	return err
 }
 
-// OutputLine is one line a worker wrote on its stdout or stderr.
+// OutputLine is one line a worker wrote on its stdout or stderr, or one
+// record of the supervisor's log.
 type OutputLine struct {
 	Time        time.Time
 	Worker, PID int
-	// Stream is "stdout" or "stderr"; "herd" for Output's own notices.
+	// Stream is "stdout" or "stderr" for a worker's line, StreamLog for
+	// a record of the supervisor's own log (Worker -1, PID the
+	// primary's), "herd" for Output's own notices.
 	Stream string
 	Text   string
 }
 
-// Output calls fn with the last backlog lines the workers wrote, oldest
-// first (the primary keeps the last 1000 lines or 1 MiB), and, with follow,
+// Output calls fn with the last backlog lines the workers wrote and the
+// supervisor logged, oldest first (the primary keeps the last 1000 lines
+// or 1 MiB), and, with follow,
 // with every new line until ctx ends or fn returns an error, which Output
 // returns. A follower that falls behind misses lines: fn then gets a
 // notice on Stream "herd" saying how many.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/herd-sh/herd"
 )
 
 // clientCmd makes a command that talks to a running cluster.
@@ -231,8 +233,9 @@ func newLogsCmd() *cobra.Command {
 		lines  int
 	)
 	cmd, _ := clientCmd("logs [flags]", "Show the recent output of a running cluster's workers",
-		`Show the last lines the workers wrote (the primary keeps the last 1000
-lines or 1 MiB), tagged like herd run's own output; with -f, keep
+		`Show the last lines the workers wrote, and herd's own log records among
+them (the primary keeps the last 1000 lines or 1 MiB), tagged like herd
+run's own output ("w1 4242 | ...", "herd 4200 | ..."); with -f, keep
 following until interrupted.`,
 		"  herd logs -n 50\n  herd logs -f", 0,
 		func(cmd *cobra.Command, path string, _ []string) error {
@@ -242,8 +245,12 @@ following until interrupted.`,
 				if err := json.Unmarshal(raw, &l); err != nil {
 					return err
 				}
-				if l.Stream == "herd" {
+				switch l.Stream {
+				case "herd":
 					_, err := fmt.Fprintf(cmd.ErrOrStderr(), "herd: %s\n", l.Line)
+					return err
+				case herd.StreamLog:
+					_, err := fmt.Fprintf(out, "herd %d | %s\n", l.PID, l.Line)
 					return err
 				}
 				_, err := fmt.Fprintf(out, "w%d %d | %s\n", l.Worker, l.PID, strings.TrimSuffix(l.Line, "\n"))

@@ -230,6 +230,18 @@ func TestFailedReloadKeepsTheOldWorkers(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "LAST ERROR") || !strings.Contains(stdout, "did not become ready: not ready within 500ms") {
 		t.Errorf("herd status table: %q, want a LAST ERROR column with the reason", stdout)
 	}
+	// herd logs says why too: herd's own records are kept with the
+	// workers' lines.
+	code, stdout, _ = herdCtl(t, ctl, "logs", "-n", "1000")
+	var why string
+	for _, l := range strings.Split(stdout, "\n") {
+		if strings.Contains(l, `msg="reload failed"`) {
+			why = l
+		}
+	}
+	if code != 0 || !strings.HasPrefix(why, fmt.Sprintf("herd %d | ", h.Cmd.Process.Pid)) || !strings.Contains(why, "not ready within 500ms") {
+		t.Errorf("herd logs: exit %d, no \"herd PID | ...reload failed...\" line giving the reason; got:\n%s", code, stdout)
+	}
 
 	// A reload that works replaces every worker and clears the error.
 	os.Remove(broken)

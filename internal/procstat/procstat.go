@@ -1,10 +1,20 @@
 // Package procstat reads what a worker costs — resident memory, CPU time,
 // process count — from /proc, for `herd status` and `--max-memory`.
 //
-// A worker is a process group: herd starts each worker as the leader of a
-// new group (pgid = the worker's pid), and the children it starts stay in
-// that group unless they move out. So a worker's figures are the sums over
-// every live process whose process group is the worker's pid.
+// A worker is its process tree: herd starts each worker as the leader of a
+// new process group (pgid = the worker's pid), and a worker's figures are
+// the sums over every live process of that group and every descendant of
+// those processes (by parent pid, at any depth), including children that
+// moved to a group or session of their own (setsid, setpgid, Node's
+// detached: true). Both are read from the same pass over /proc/*/stat, and
+// no process is counted twice, nor for two workers.
+//
+// What the tree cannot follow: a process whose parent exited is
+// re-parented by the kernel to init or to the nearest child subreaper
+// (herd itself when it runs as PID 1), so it is nobody's descendant any
+// more. It still counts for the worker whose process group it is in; one
+// that also left the group (a daemon's double fork with setsid) counts for
+// no worker.
 //
 // Only Linux is supported; elsewhere every reading fails with an error
 // wrapping errors.ErrUnsupported.
@@ -16,30 +26,34 @@ import (
 	"time"
 )
 
-// ErrNoProcess means a process group has no live member: the worker has
-// exited (zombies waiting to be reaped do not count).
-var ErrNoProcess = errors.New("no live process in the group")
+// ErrNoProcess means a worker has no live process left, in its process
+// group or below it: the worker has exited, and so has every process still
+// counted for it (zombies waiting to be reaped do not count).
+var ErrNoProcess = errors.New("no live process in the worker's group or tree")
 
-// Sample is one reading of a process group.
+// Sample is one reading of a worker: its process group and the descendants
+// of its processes (see the package comment).
 type Sample struct {
-	// RSS is the resident memory of every process in the group, in bytes.
+	// RSS is the resident memory of every process of the worker, in bytes.
 	// Each process's resident set is counted whole, so pages the processes
 	// share (the code of a forked server, copy-on-write memory) are counted
 	// once per process, as PM2's memory figure does: the sum can exceed what
-	// the group really takes, never fall short of it.
+	// those processes really take, never fall short of it.
 	RSS uint64
-	// CPU is the user+system CPU time consumed so far by the group's live
-	// processes. It goes down when a member exits, since its time leaves
+	// CPU is the user+system CPU time consumed so far by the worker's live
+	// processes. It goes down when one of them exits, since its time leaves
 	// with it.
 	CPU time.Duration
-	// Procs is how many live processes the group has.
+	// Procs is how many live processes the worker has.
 	Procs int
 	// At is when the reading was taken.
 	At time.Time
 }
 
-// Group reads one process group now. A group with no live member gives an
-// error wrapping ErrNoProcess.
+// Group reads one worker now: pgid is the worker's pid, which is also its
+// process group ID. The sample covers the group and the descendants of its
+// processes (see the package comment). A worker with no live process gives
+// an error wrapping ErrNoProcess.
 func Group(pgid int) (Sample, error) {
 	m, err := Groups([]int{pgid})
 	if err != nil {
@@ -47,16 +61,21 @@ func Group(pgid int) (Sample, error) {
 	}
 	s, ok := m[pgid]
 	if !ok {
-		return Sample{}, fmt.Errorf("process group %d: %w", pgid, ErrNoProcess)
+		return Sample{}, fmt.Errorf("worker %d: %w", pgid, ErrNoProcess)
 	}
 	return s, nil
 }
 
-// Groups reads several process groups with one scan of /proc: finding a
-// group's members means reading every process's stat, so sampling 64
-// workers one by one would read /proc 64 times per tick.
+// Groups reads several workers, as Group does, with one scan of /proc:
+// finding a worker's processes means reading every process's stat, so
+// sampling 64 workers one by one would read /proc 64 times per tick.
 //
-// Groups with no live member (and pgids <= 0, which are no group a worker
+// Each process counts for one worker at most: the one it is, else the one
+// whose group it is in, else the nearest one among its ancestors. So a
+// worker whose tree holds another wanted worker (herd's never do) does not
+// count that worker's processes.
+//
+// Workers with no live process (and pgids <= 0, which are no group a worker
 // can have) are absent from the map. The error is for a /proc that cannot
 // be read at all.
 func Groups(pgids []int) (map[int]Sample, error) {
@@ -72,10 +91,10 @@ func Groups(pgids []int) (map[int]Sample, error) {
 	return scan(want)
 }
 
-// CPUPercent is the share of one CPU the group used between two samples of
-// it (100 = one full core, 200 = two). It is 0 when the interval is empty
-// or the CPU time went down (a member exited, taking its time with it), as
-// no honest figure can be given then.
+// CPUPercent is the share of one CPU the worker used between two samples
+// of it (100 = one full core, 200 = two). It is 0 when the interval is
+// empty or the CPU time went down (a process exited, taking its time with
+// it), as no honest figure can be given then.
 func CPUPercent(prev, cur Sample) float64 {
 	interval := cur.At.Sub(prev.At)
 	if interval <= 0 || cur.CPU < prev.CPU {

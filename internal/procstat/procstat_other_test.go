@@ -5,6 +5,7 @@ package procstat
 import (
 	"errors"
 	"os"
+	"syscall"
 	"testing"
 )
 
@@ -16,3 +17,6 @@ func TestUnsupported(t *testing.T) {
 		t.Error("Supported is true where Groups always fails")
 	}
 }
+
+// sessionAttr is for the Linux tests' helpers, which never run here.
+func sessionAttr() *syscall.SysProcAttr { return nil }

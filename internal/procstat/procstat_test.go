@@ -7,8 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,9 +19,25 @@ import (
 )
 
 // helperEnv makes the test binary a helper process instead of running the
-// tests: "child" is a worker that obeys commands on stdin, "grandchild" a
-// process it starts in its group, which lives until its stdin closes.
+// tests:
+//
+//	child       a worker that obeys commands on stdin (helperChild)
+//	grandchild  a process it starts in its group, which lives until its
+//	            stdin closes
+//	leaf        touches helperAllocEnv MiB if set, says "ready" and lives
+//	            until its stdin closes
+//	detached    starts a leaf that touches 64 MiB, says "ready" once the
+//	            leaf is, and lives until its stdin closes, then stops and
+//	            waits for the leaf
+//	forker      starts a leaf that shares its stdin (in a new session with
+//	            helperSessionEnv=1), says the leaf's pid and exits without
+//	            waiting, so that the leaf is orphaned
 const helperEnv = "HERD_PROCSTAT_HELPER"
+
+const (
+	helperAllocEnv   = "HERD_PROCSTAT_ALLOC_MIB"
+	helperSessionEnv = "HERD_PROCSTAT_SETSID"
+)
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
@@ -27,19 +46,33 @@ func TestMain(m *testing.M) {
 	case "grandchild":
 		io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
+	case "leaf":
+		os.Exit(helperLeaf())
+	case "detached":
+		os.Exit(helperDetached())
+	case "forker":
+		os.Exit(helperForker())
 	}
 	goleak.VerifyTestMain(m)
 }
 
 // helperChild starts a grandchild, says "started", then answers each
-// command on stdin with "ok" once done:
+// command on stdin with "ok" once done, followed by a pid for some:
 //
-//	alloc  allocate and touch 64 MiB
-//	spin   start burning one CPU (for 10 s at most)
-//	stop   stop burning
+//	alloc   allocate and touch 64 MiB
+//	spin    start burning one CPU (for 10 s at most)
+//	stop    stop burning
+//	detach  start a "detached" helper in a session (and so a process
+//	        group) of its own, as setsid or Node's detached: true would;
+//	        "ok PID" gives its pid once its leaf holds its 64 MiB
+//	orphan  start a leaf in this group through a forker that exits:
+//	        "ok PID" gives the orphaned leaf's pid
+//	daemon  the same with the leaf in a session of its own, as a daemon's
+//	        double fork leaves it
 //
-// At the end of stdin it stops its grandchild, waits for it and exits, so
-// that the whole group is gone when the test's Wait returns.
+// At the end of stdin it stops its grandchild and the detached helpers,
+// waits for them and exits, so that its tree is gone when the test's Wait
+// returns; the orphans end when their stdin, which it holds, closes with it.
 func helperChild() int {
 	gc := exec.Command(os.Args[0])
 	gc.Env = append(os.Environ(), helperEnv+"=grandchild")
@@ -56,6 +89,8 @@ func helperChild() int {
 		mem      []byte
 		spinning atomic.Bool
 		spinners sync.WaitGroup
+		waits    []*exec.Cmd      // children to wait for at the end
+		closes   []io.WriteCloser // stdins to close at the end
 	)
 	stopSpinning := func() {
 		spinning.Store(false)
@@ -64,12 +99,10 @@ func helperChild() int {
 	fmt.Println("started")
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		reply := "ok"
 		switch cmd := sc.Text(); cmd {
 		case "alloc":
-			mem = make([]byte, 64<<20)
-			for i := 0; i < len(mem); i += 4096 {
-				mem[i] = 1 // a page counts in RSS once touched
-			}
+			mem = touch(64)
 		case "spin":
 			spinning.Store(true)
 			spinners.Go(func() {
@@ -79,20 +112,139 @@ func helperChild() int {
 			})
 		case "stop":
 			stopSpinning()
+		case "detach":
+			d, in, _, err := spawn("detached", sessionAttr(), nil)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "helper: detach:", err)
+				return 1
+			}
+			waits, closes = append(waits, d), append(closes, in)
+			reply = fmt.Sprint("ok ", d.Process.Pid)
+		case "orphan", "daemon":
+			r, w, err := os.Pipe()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "helper:", err)
+				return 1
+			}
+			env := helperSessionEnv + "=0"
+			if cmd == "daemon" {
+				env = helperSessionEnv + "=1"
+			}
+			f, _, leaf, err := spawn("forker", nil, r, env)
+			r.Close()
+			if err == nil {
+				err = f.Wait()
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "helper: %s: %v\n", cmd, err)
+				return 1
+			}
+			closes = append(closes, w)
+			reply = "ok " + leaf
 		default:
 			fmt.Fprintf(os.Stderr, "helper: unknown command %q\n", cmd)
 			return 1
 		}
-		fmt.Println("ok")
+		fmt.Println(reply)
 	}
 	stopSpinning()
 	runtime.KeepAlive(mem)
 	gcIn.Close()
-	if err := gc.Wait(); err != nil {
-		fmt.Fprintln(os.Stderr, "helper: grandchild:", err)
+	for _, in := range closes {
+		in.Close()
+	}
+	for _, c := range append(waits, gc) {
+		if err := c.Wait(); err != nil {
+			fmt.Fprintln(os.Stderr, "helper: child:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// helperLeaf is the "leaf" helper.
+func helperLeaf() int {
+	var mem []byte
+	if mib, _ := strconv.Atoi(os.Getenv(helperAllocEnv)); mib > 0 {
+		mem = touch(mib)
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	runtime.KeepAlive(mem)
+	return 0
+}
+
+// helperDetached is the "detached" helper.
+func helperDetached() int {
+	leaf, in, _, err := spawn("leaf", nil, nil, helperAllocEnv+"=64")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper: detached:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	in.Close()
+	if err := leaf.Wait(); err != nil {
+		fmt.Fprintln(os.Stderr, "helper: detached: leaf:", err)
 		return 1
 	}
 	return 0
+}
+
+// helperForker is the "forker" helper.
+func helperForker() int {
+	var attr *syscall.SysProcAttr
+	if os.Getenv(helperSessionEnv) == "1" {
+		attr = sessionAttr()
+	}
+	leaf, _, _, err := spawn("leaf", attr, os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper: forker:", err)
+		return 1
+	}
+	fmt.Println(leaf.Process.Pid)
+	return 0 // the leaf is not waited for: it is orphaned now
+}
+
+// touch allocates mib MiB and touches every page of it: a page counts in
+// RSS once touched.
+func touch(mib int) []byte {
+	mem := make([]byte, mib<<20)
+	for i := 0; i < len(mem); i += 4096 {
+		mem[i] = 1
+	}
+	return mem
+}
+
+// spawn starts this binary as the helper mode, with attr and the extra
+// environment, and returns once the helper wrote its first line, which it
+// returns. Its stdin is stdin, or a new pipe (returned) when stdin is nil.
+func spawn(mode string, attr *syscall.SysProcAttr, stdin *os.File, env ...string) (*exec.Cmd, io.WriteCloser, string, error) {
+	c := exec.Command(os.Args[0])
+	c.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
+	c.Stderr = os.Stderr
+	c.SysProcAttr = attr
+	var in io.WriteCloser
+	if stdin != nil {
+		c.Stdin = stdin
+	} else {
+		var err error
+		if in, err = c.StdinPipe(); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	out, err := c.StdoutPipe()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := c.Start(); err != nil {
+		return nil, nil, "", err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("%s helper ended before its first line: %w", mode, err)
+	}
+	return c, in, strings.TrimSpace(line), nil
 }
 
 func TestCPUPercent(t *testing.T) {
