@@ -10,9 +10,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/herd-sh/herd/internal/channel"
+	"github.com/herd-sh/herd/internal/procstat"
 	"github.com/herd-sh/herd/internal/reexec"
 )
 
@@ -91,15 +93,27 @@ func (p *process) stopReadyTimer() {
 	}
 }
 
-// signalGroup sends sig to the worker's whole process group, unless the
-// leader has been reaped (its pgid could then be reused).
+// signalGroup sends sig to the worker's whole process tree: its process
+// group, and the descendants that left the group (setsid, Node's
+// detached: true), as PM2's tree kill does. Nothing once the leader has
+// been reaped (its pgid could then be reused).
 func (p *process) signalGroup(sig os.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.reaped {
 		return nil
 	}
-	return killGroup(p.pid, sig)
+	// The tree is read before the group is signalled: once the worker
+	// exits, its children are re-parented and no longer its descendants.
+	var escaped []int
+	if procstat.Supported {
+		escaped, _ = procstat.Escaped(p.pid)
+	}
+	err := killGroup(p.pid, sig)
+	for _, pid := range escaped {
+		syscall.Kill(pid, sig.(syscall.Signal))
+	}
+	return err
 }
 
 // kill kills the whole group now.

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/herd-sh/herd/internal/herdtest"
 	"github.com/herd-sh/herd/internal/testworker"
@@ -437,6 +438,30 @@ func TestSIGTERMStopsEverything(t *testing.T) {
 	}
 	if n := h.Count(`msg="worker stopped"`); n != 2 {
 		t.Errorf("%d workers reported stopped, want 2", n)
+	}
+}
+
+// A child that left the worker's process group (setsid, Node's detached:
+// true) is stopped with the worker all the same: herd signals the
+// worker's whole process tree, not only its group.
+func TestStopReachesChildrenThatLeftTheGroup(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_CHILD=setsid"}, argv("-w", "1", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 1)
+	procs := workerPIDs(t, "http://"+h.Addr("listen0")+"/", 1)
+	if len(procs) != 2 {
+		t.Fatalf("pids %v, want the worker's and its child's", procs)
+	}
+	if sid, err := unix.Getsid(procs[1]); err != nil || sid != procs[1] {
+		t.Fatalf("the child %d is not in a session of its own (sid %d, %v)", procs[1], sid, err)
+	}
+	h.Signal(syscall.SIGTERM)
+	if code := h.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if !herdtest.Eventually(5*time.Second, func() bool { return !herdtest.Alive(procs[1]) }) {
+		syscall.Kill(procs[1], syscall.SIGKILL)
+		t.Errorf("the worker's child %d, in a session of its own, outlived herd's stop", procs[1])
 	}
 }
 

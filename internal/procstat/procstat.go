@@ -91,6 +91,15 @@ func Groups(pgids []int) (map[int]Sample, error) {
 	return scan(want)
 }
 
+// Escaped returns the processes of worker pgid's tree that left its
+// process group: descendants of the worker or of its group's processes
+// that moved to a group or session of their own (setsid, setpgid, Node's
+// detached: true). Signalling the group misses them; whoever stops the
+// worker signals them one by one too. Descendants of a process that has
+// exited were re-parented and are no longer found (see Group). Linux only;
+// elsewhere the error wraps errors.ErrUnsupported.
+func Escaped(pgid int) ([]int, error) { return escaped(pgid) }
+
 // CPUPercent is the share of one CPU the worker used between two samples
 // of it (100 = one full core, 200 = two). It is 0 when the interval is
 // empty or the CPU time went down (a process exited, taking its time with

@@ -20,9 +20,8 @@ type proc struct {
 	cpu        time.Duration
 }
 
-// scan reads /proc once and sums, for each wanted worker, the live
-// processes that belong to it (see owners).
-func scan(want map[int]bool) (map[int]Sample, error) {
+// readAll reads the stat of every process.
+func readAll() (map[int]proc, error) {
 	procs, err := procfs.AllProcs()
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)
@@ -45,6 +44,32 @@ func scan(want map[int]bool) (map[int]Sample, error) {
 			// undoes the float's error so that sums stay exact.
 			cpu: time.Duration(st.CPUTime() * float64(time.Second)).Round(time.Microsecond),
 		}
+	}
+	return all, nil
+}
+
+// escaped returns the live processes of worker pgid's tree (see owners)
+// that are not in its process group.
+func escaped(pgid int) ([]int, error) {
+	all, err := readAll()
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for pid, w := range owners(all, map[int]bool{pgid: true}) {
+		if p := all[pid]; w == pgid && p.live && p.pgrp != pgid {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+// scan reads /proc once and sums, for each wanted worker, the live
+// processes that belong to it (see owners).
+func scan(want map[int]bool) (map[int]Sample, error) {
+	all, err := readAll()
+	if err != nil {
+		return nil, err
 	}
 	out := make(map[int]Sample, len(want))
 	for pid, w := range owners(all, want) {

@@ -16,3 +16,8 @@ const Supported = false
 func scan(map[int]bool) (map[int]Sample, error) {
 	return nil, fmt.Errorf("process statistics on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }
+
+// escaped fails: there is no /proc to read off Linux.
+func escaped(pgid int) ([]int, error) {
+	return nil, fmt.Errorf("process tree on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}

@@ -87,6 +87,7 @@ func firstOr(args []string, def string) string {
 //	TEST_CRASH_SLOT=N   slot N exits at once (a crash-looping slot)
 //	TEST_IGNORE_TERM=1  SIGTERM is ignored (to test the stop deadline)
 //	TEST_CHILD=1        start a grandchild (sleep) in the worker's group
+//	TEST_CHILD=setsid   the same in a session (and group) of its own
 //	TEST_SLOW=DUR       each request takes this long
 //	TEST_EXIT_AFTER=DUR exit with status 3 this long after it started serving
 func serveHTTP() error {
@@ -105,8 +106,11 @@ func serveHTTP() error {
 		return fmt.Errorf("no listeners (LISTEN_PID=%q pid=%d LISTEN_FDS=%q)", os.Getenv("LISTEN_PID"), os.Getpid(), os.Getenv("LISTEN_FDS"))
 	}
 	child := 0
-	if os.Getenv("TEST_CHILD") == "1" {
+	if tc := os.Getenv("TEST_CHILD"); tc == "1" || tc == "setsid" {
 		c := exec.Command("sleep", "3600")
+		if tc == "setsid" {
+			c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		}
 		if err := c.Start(); err != nil {
 			return err
 		}
