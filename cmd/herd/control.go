@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,14 +67,17 @@ func (c *controlFlags) socket(command []string) (string, error) {
 }
 
 // onlyCluster finds the control socket when the user named no cluster:
-// the one socket in the default directory, as a convenience.
+// the one live socket in the default directory, as a convenience.
 func onlyCluster() (string, error) {
 	probe, err := control.DefaultPath("x")
 	if err != nil {
 		return "", err
 	}
 	dir := filepath.Dir(probe)
-	matches, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	all, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	// Sockets left by a herd that was killed name no cluster: the next
+	// herd run of that name replaces them.
+	matches := slices.DeleteFunc(all, control.Stale)
 	switch len(matches) {
 	case 1:
 		return matches[0], nil

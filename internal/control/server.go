@@ -180,6 +180,18 @@ func lockDir(dir string) (unlock func()) {
 	return func() { f.Close() } // closing the file releases the lock
 }
 
+// Stale reports whether path is a socket that nobody listens on any more:
+// left by a herd that was killed. It dials it, as clearStale does; a live
+// socket, or one it cannot tell, is not stale.
+func Stale(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
 // clearStale removes a socket file that nobody listens on (left by a herd
 // that was killed), and refuses a live socket or a file that is not one.
 func clearStale(path string) error {
