@@ -208,8 +208,13 @@ type loop struct {
 	paused    map[*acceptor]time.Time
 	backoff   map[*acceptor]time.Duration
 	dialing   map[*pconn]struct{}
-	events    []unix.EpollEvent
-	closing   []int // fds to close after this batch of events
+	// kept is the connections that went idle holding bytes kept for a
+	// replay, with the tick they did; ticks counts the loop's wake-ups
+	// on its deadline (loopTick apart, or sooner for a paused socket).
+	kept    map[*pconn]uint64
+	ticks   uint64
+	events  []unix.EpollEvent
+	closing []int // fds to close after this batch of events
 }
 
 func newLoop(p *Proxy) (*loop, error) {
@@ -238,6 +243,7 @@ func newLoop(p *Proxy) (*loop, error) {
 		paused:    map[*acceptor]time.Time{},
 		backoff:   map[*acceptor]time.Duration{},
 		dialing:   map[*pconn]struct{}{},
+		kept:      map[*pconn]uint64{},
 		events:    make([]unix.EpollEvent, eventsPerWait),
 	}, nil
 }
@@ -288,7 +294,7 @@ func (l *loop) run() {
 			}
 			ef.SetReadDeadline(wake)
 			ticking = true
-		} else if len(l.dialing) > 0 && !ticking {
+		} else if (len(l.dialing) > 0 || len(l.kept) > 0) && !ticking {
 			ef.SetReadDeadline(time.Now().Add(loopTick))
 			ticking = true
 		}
@@ -298,9 +304,12 @@ func (l *loop) run() {
 			n, werr = unix.EpollWait(int(fd), l.events, 0)
 			return n > 0 || werr != nil && werr != unix.EINTR
 		})
+		ticked := false
 		if errors.Is(rerr, os.ErrDeadlineExceeded) {
 			ef.SetReadDeadline(time.Time{})
 			ticking = false
+			ticked = true
+			l.ticks++
 		} else if rerr != nil || werr != nil {
 			// Cannot happen with a valid epoll fd and buffer; if it
 			// does, the loop must not spin.
@@ -347,6 +356,9 @@ func (l *loop) run() {
 		}
 		if len(l.paused) > 0 {
 			l.resume()
+		}
+		if ticked && len(l.kept) > 0 {
+			l.compactKept()
 		}
 		for _, fd := range l.closing {
 			rawClose(fd)
@@ -499,6 +511,7 @@ func (l *loop) start(fd int, ip netip.Addr, a *acceptor) {
 	c.up.src, c.down.dst = &c.client, &c.client
 	c.up.dst, c.down.src = &c.backend, &c.backend
 	c.down.dry = true // until the backend connects and sends
+	c.up.keep = true  // until the backend answers
 	tag, err := l.add(fd, c)
 	if err != nil {
 		l.closeLater(fd)
@@ -560,7 +573,8 @@ func (c *pconn) event(fd int, ev uint32) {
 	if !from.dry {
 		c.pump(from)
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed {
+	// (A replay leaves the connection connecting to the next backend.)
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !c.closed && c.connected {
 		c.pump(to)
 	}
 }
@@ -628,12 +642,100 @@ func (c *pconn) connectDone(ev uint32) {
 	}
 	c.connected = true
 	// The client's request (and hang-up) may be there already: its
-	// events came while the backend was connecting.
-	if !c.up.dry {
-		c.pump(&c.up)
-	}
-	if !c.down.dry && !c.closed {
+	// events came while the backend was connecting; after a replay the
+	// kept bytes wait to go again.
+	c.pump(&c.up)
+	if !c.down.dry && !c.closed && c.connected {
 		c.pump(&c.down)
+	}
+}
+
+// replay moves the connection to the next backend when its backend failed
+// with err before sending a byte, in a way that says it did not read all
+// we sent it (see replayable): the client's bytes kept so far go to the
+// next backend of the policy's choice, and so does its half-close if it
+// came, so the client sees nothing. It reports false when the connection
+// cannot move (the client sent more than keepMax, or every backend was
+// tried): the caller then resets it, as any failure.
+func (c *pconn) replay(err error) bool {
+	if !c.up.keep || !replayable(err) || !c.pick.more() {
+		return false
+	}
+	c.l.forget(c.backend)
+	c.l.closeLater(c.backend)
+	c.backend = -1
+	c.connected = false
+	c.l.p.release(c.b.Slot)
+	c.slot = -1
+	c.errs = append(c.errs, fmt.Errorf("slot %d: %w", c.b.Slot, err))
+	if ok, held := c.l.p.refusedLog.allow(); ok {
+		c.l.p.log.Warn("proxy: a backend reset a connection before answering; replaying it to the next",
+			"slot", c.b.Slot, "err", err, "suppressed", held)
+	}
+	if c.down.buf != nil { // its failed read's
+		putBuf(c.down.buf)
+		c.down.buf = nil
+	}
+	c.up.off = 0      // all that was kept goes again,
+	c.up.shut = false // and the half-close after it
+	c.dial()
+	return true
+}
+
+// answered ends the keeping of the client's bytes: the backend sent its
+// first byte, or ended; a failure from now on is passed on to the client.
+func (c *pconn) answered() {
+	d := &c.up
+	d.keep = false
+	delete(c.l.kept, c)
+	if d.buf != nil && !d.pending() {
+		putBuf(d.buf)
+		d.buf = nil
+		d.off, d.end = 0, 0
+	}
+}
+
+// idle lets go of d's buffer when it waits for its source with nothing
+// to write: an idle connection holds no buffer. Bytes kept for a replay
+// stay; a connection holding some is listed, for compactKept.
+func (c *pconn) idle(d *direction) {
+	if d.buf == nil {
+		return
+	}
+	if !d.keep {
+		putBuf(d.buf)
+		d.buf = nil
+		return
+	}
+	if _, ok := c.l.kept[c]; !ok {
+		c.l.kept[c] = c.l.ticks
+	}
+}
+
+// compactKept moves the kept bytes of connections that have waited a
+// tick or more for their backend's first byte (a long poll, a slow
+// request) from the pooled buffer into one of their own size: they hold a
+// request's few hundred bytes, not 16 KiB.
+func (l *loop) compactKept() {
+	for c, since := range l.kept {
+		d := &c.up
+		switch {
+		case c.closed || !d.keep || d.buf == nil:
+			delete(l.kept, c)
+		case d.pending() || l.ticks-since < 2:
+			// Writing, or not idle for a whole tick yet.
+		default:
+			delete(l.kept, c)
+			old := d.buf
+			if d.end == 0 {
+				d.buf = nil
+			} else {
+				b := make([]byte, d.end)
+				copy(b, (*old)[:d.end])
+				d.buf = &b
+			}
+			putBuf(old)
+		}
 	}
 }
 
@@ -677,6 +779,7 @@ func (c *pconn) abort() {
 func (c *pconn) close() {
 	c.closed = true
 	delete(c.l.dialing, c)
+	delete(c.l.kept, c)
 	c.l.forget(c.client)
 	c.l.closeLater(c.client)
 	if c.backend >= 0 {
@@ -708,6 +811,11 @@ type direction struct {
 	// saved. hup says src's peer hung up (or failed): then src is read to
 	// its end, since no new arrival will report what is left.
 	dry, hup bool
+	// keep says the bytes read are kept in buf (buf[:off] written, and
+	// buf[off:end] not yet) for a replay to another backend: from the
+	// start of a client → backend direction until the backend's first
+	// byte or end, or keepMax bytes.
+	keep bool
 }
 
 // readable notes what an event of src says.
@@ -724,7 +832,7 @@ func (d *direction) pending() bool { return d.end > d.off || d.inPipe > 0 }
 
 func (d *direction) free() {
 	if d.buf != nil {
-		smallBufs.Put(d.buf)
+		putBuf(d.buf)
 		d.buf = nil
 	}
 	if d.pipe != [2]int{} {
@@ -736,13 +844,17 @@ func (d *direction) free() {
 
 // pump moves what it can of d: the bytes waiting, then what src has,
 // until src has nothing more (EAGAIN) or dst takes no more (its EPOLLOUT
-// brings it back). An error on either side resets both connections; the
-// end of both directions closes them.
+// brings it back). An error on either side resets both connections,
+// unless the backend failed before answering in a way that allows a
+// replay; the end of both directions closes them.
 func (c *pconn) pump(d *direction) {
 	for {
 		if d.pending() {
 			if err := d.flush(); err != nil {
 				if err == unix.EAGAIN {
+					return
+				}
+				if d == &c.up && c.replay(err) {
 					return
 				}
 				c.abort()
@@ -764,19 +876,20 @@ func (c *pconn) pump(d *direction) {
 			return
 		}
 		if d.dry {
+			c.idle(d)
 			return
 		}
 		n, full, err := d.fill()
 		switch {
 		case err == unix.EAGAIN:
 			d.dry = true
-			if d.buf != nil && !d.pending() {
-				smallBufs.Put(d.buf) // idle: hold no buffer
-				d.buf = nil
-			}
+			c.idle(d)
 			return
 		case err == unix.EINTR:
 		case err != nil:
+			if d == &c.down && c.replay(err) {
+				return
+			}
 			c.abort()
 			return
 		case n == 0:
@@ -784,19 +897,26 @@ func (c *pconn) pump(d *direction) {
 		case !full && !d.hup:
 			d.dry = true // flushed on the next turn, then wait for an event
 		}
+		if d == &c.down && c.up.keep && (n > 0 || d.eof) {
+			c.answered()
+		}
 	}
 }
 
 // fill reads what src has: into the buffer for the first spliceAfter
 // bytes, then by splice into the pipe. full says the read took all the
-// room it had (src may have more).
+// room it had (src may have more). While d keeps what it read, it reads
+// after the bytes kept, into a bigger buffer when they fill theirs.
 func (d *direction) fill() (n int, full bool, err error) {
-	if d.copied >= spliceAfter && d.pipe == [2]int{} {
+	if d.keep && d.buf != nil && d.end == len(*d.buf) {
+		d.grow()
+	}
+	if d.copied >= spliceAfter && d.pipe == [2]int{} && !d.keep {
 		var p [2]int
 		if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err == nil {
 			d.pipe = p
 			if d.buf != nil {
-				smallBufs.Put(d.buf)
+				putBuf(d.buf)
 				d.buf = nil
 			}
 		}
@@ -814,13 +934,37 @@ func (d *direction) fill() (n int, full bool, err error) {
 	if d.buf == nil {
 		d.buf = smallBufs.Get().(*[]byte)
 	}
-	n, err = rawRead(*d.src, *d.buf)
+	at := 0 // fill is called with nothing pending: off == end
+	if d.keep {
+		at = d.end
+	}
+	n, err = rawRead(*d.src, (*d.buf)[at:])
 	if n > 0 {
-		d.off, d.end = 0, n
+		d.off, d.end = at, at+n
 		d.copied += n
-		return n, n == len(*d.buf), nil
+		return n, d.end == len(*d.buf), nil
 	}
 	return max(n, 0), false, err
+}
+
+// grow makes room after the bytes d keeps, which fill their buffer (and
+// are written): a bigger buffer, or, at keepMax, the end of keeping (the
+// connection can no longer be replayed).
+func (d *direction) grow() {
+	var nb *[]byte
+	switch {
+	case d.end < smallSize:
+		nb = smallBufs.Get().(*[]byte)
+	case d.end < keepMax:
+		nb = keepBufs.Get().(*[]byte)
+	default:
+		d.keep = false
+		d.off, d.end = 0, 0
+		return
+	}
+	copy(*nb, (*d.buf)[:d.end])
+	putBuf(d.buf)
+	d.buf = nb
 }
 
 // spliceChunk is the most one splice moves: a pipe's default capacity.

@@ -6,7 +6,13 @@
 // The package knows nothing about workers beyond what a Pool tells it for
 // every new connection: which backends may take one now. A backend that
 // refuses (its worker just died or is restarting) is skipped, so a client
-// never sees an error while some backend accepts.
+// never sees an error while some backend accepts. So is one that resets
+// the connection before sending a byte, which TCP does when it did not
+// read all it was sent (it died with the connection in its listen queue,
+// or accepted and unread): the next backend gets the client's bytes again,
+// kept until the first byte of the answer (see replayable). A backend
+// that read them and then ended the connection may have acted on them:
+// that end is passed on, never replayed.
 //
 // Two engines do the relaying. ServeSocket, which the supervisor uses, runs
 // event loops on Linux (loop_linux.go): a few goroutines with an epoll set
@@ -226,7 +232,8 @@ func temporary(err error) bool {
 
 // handle proxies one client connection to the end.
 func (p *Proxy) handle(ctx context.Context, client net.Conn) {
-	backend, slot, err := p.connect(ctx, client)
+	s := &session{p: p, ctx: ctx, client: client, slot: -1}
+	backend, slot, err := p.connect(ctx, client, &s.pick)
 	if err != nil {
 		// Reset rather than close: the client gets an error at once, not an
 		// empty answer it might take for a complete one.
@@ -239,9 +246,15 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		}
 		return
 	}
-	defer p.release(slot)
-	if err := relay(ctx, client, backend); err != nil && p.log.Enabled(ctx, slog.LevelDebug) {
-		p.log.Debug("proxy: connection ended with an error", "slot", slot,
+	s.slot = slot
+	s.cur.Store(&backendConn{backend})
+	s.keeping.Store(true)
+	err = s.relay()
+	if s.slot >= 0 { // (a replay that found no backend left none)
+		p.release(s.slot)
+	}
+	if err != nil && p.log.Enabled(ctx, slog.LevelDebug) {
+		p.log.Debug("proxy: connection ended with an error", "slot", s.slot,
 			"client", addrString(client.RemoteAddr()), "err", err)
 	}
 }
@@ -256,17 +269,23 @@ func addrString(a net.Addr) string {
 }
 
 // connect dials a backend for client, trying them in the policy's order
-// until one accepts. It returns the connection and the slot it counted.
-func (p *Proxy) connect(ctx context.Context, client net.Conn) (net.Conn, int, error) {
+// (pk, which a replay goes on with) until one accepts. It returns the
+// connection and the slot it counted.
+func (p *Proxy) connect(ctx context.Context, client net.Conn, pk *picker) (net.Conn, int, error) {
 	var ip netip.Addr
 	if ta, ok := client.RemoteAddr().(*net.TCPAddr); ok {
 		ip, _ = netip.AddrFromSlice(ta.IP)
 	}
-	pk := p.newPicker(ip)
+	*pk = p.newPicker(ip)
 	if len(pk.bs) == 0 {
 		return nil, 0, errNoBackend
 	}
-	var errs []error
+	return p.dialNext(ctx, pk, nil)
+}
+
+// dialNext dials the backends pk gives until one accepts; the error, when
+// none does, joins errs (the failures before) and theirs.
+func (p *Proxy) dialNext(ctx context.Context, pk *picker, errs []error) (net.Conn, int, error) {
 	for {
 		b, ok := pk.next(p)
 		if !ok {

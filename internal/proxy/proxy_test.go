@@ -802,6 +802,11 @@ func TestServeSocket(t *testing.T) {
 		{"ResetPropagates", TestResetPropagates},
 		{"SlowBackend", TestSlowBackend},
 		{"Cancel", TestCancel},
+		{"ReplayReset", TestReplayReset},
+		{"NoReplayAfterRead", TestNoReplayAfterRead},
+		{"ReplayListenQueue", TestReplayListenQueue},
+		{"NoReplayPastBound", TestNoReplayPastBound},
+		{"ReplayBounded", TestReplayBounded},
 	} {
 		t.Run(tc.name, tc.test)
 	}
