@@ -70,7 +70,12 @@ func (e *primaryEnd) Message(m ipc.Message) {
 	case ipc.TypeHello:
 		p.speaks.Store(true)
 	case ipc.TypeReady:
-		p.sl.post(procEvent{p: p, kind: evReady})
+		// It counts only where the rule asks for it: under --ready
+		// delay, http or listen the rule decides, whatever the worker
+		// says of itself.
+		if r := s.opts.Ready.Mode; r == ReadyMessage || r == ReadyAuto {
+			p.sl.post(procEvent{p: p, kind: evReady})
+		}
 	case ipc.TypeHeartbeat:
 	case ipc.TypeResult, ipc.TypeFailed:
 		if s.tasks != nil && m.ID != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -405,5 +406,148 @@ func TestReloadCutShortByAStopSaysSo(t *testing.T) {
 		if !ended {
 			t.Errorf("worker %s started and its end was never logged; log:\n%s", pid, log.String())
 		}
+	}
+}
+
+// stampedEvents records a supervisor's events with when they came.
+type stampedEvents struct {
+	mu  sync.Mutex
+	all []stampedEvent
+}
+
+type stampedEvent struct {
+	at time.Time
+	herd.Event
+}
+
+func (e *stampedEvents) add(ev herd.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.all = append(e.all, stampedEvent{time.Now(), ev})
+}
+
+// find returns the first event that f accepts.
+func (e *stampedEvents) find(f func(stampedEvent) bool) (stampedEvent, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.all {
+		if f(ev) {
+			return ev, true
+		}
+	}
+	return stampedEvent{}, false
+}
+
+// The restart backoff, end to end: a worker that crashes is replaced at
+// once the first time; each further quick crash in a row waits
+// BackoffInitial (100ms), doubling, ±20%; and a crash after the worker has
+// stayed up for BackoffReset is again replaced at once. Gaps are measured
+// from the kill to the replacement's start, which the delay can only
+// lengthen; the immediate restarts must come within 1s, below what the
+// sixth crash in a row already waits (1.6s ±20%) and far below what a
+// seventh would (3.2s ±20%) had the backoff not been reset.
+func TestRestartBackoffEndToEnd(t *testing.T) {
+	t.Parallel()
+	const reset = 3 * time.Second // far above a quick crash's uptime
+	ev := &stampedEvents{}
+	s, _ := start(t, herd.Options{
+		Command: testworker.Command("lib"),
+		Workers: 1,
+		Restart: herd.RestartPolicy{BackoffReset: reset},
+		OnEvent: ev.add,
+	})
+	// crash kills the first ready worker other than prev after it has been
+	// up for at least upFor, and returns its pid and uptime, the delay its
+	// restart event gave, and the time from the kill to the next worker's
+	// start.
+	crash := func(prev int, upFor time.Duration) (pid int, up, delay, gap time.Duration) {
+		t.Helper()
+		var w herd.WorkerInfo
+		if !herdtest.Eventually(30*time.Second, func() bool {
+			w = s.Workers()[0]
+			return w.Ready && w.PID != 0 && w.PID != prev
+		}) {
+			t.Fatalf("no new ready worker after pid %d: %+v", prev, w)
+		}
+		time.Sleep(upFor - w.Uptime())
+		killed := time.Now()
+		up = killed.Sub(w.Started)
+		if err := syscall.Kill(w.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		restart, ok1 := stampedEvent{}, false
+		next, ok2 := stampedEvent{}, false
+		herdtest.Eventually(30*time.Second, func() bool {
+			restart, ok1 = ev.find(func(e stampedEvent) bool { return e.Kind == herd.EventRestart && e.PID == w.PID })
+			next, ok2 = ev.find(func(e stampedEvent) bool { return e.Kind == herd.EventStarted && e.at.After(killed) })
+			return ok1 && ok2
+		})
+		if !ok1 || !ok2 {
+			t.Fatalf("after the kill of worker %d: restart event %v, next start %v", w.PID, ok1, ok2)
+		}
+		return w.PID, up, restart.Delay, next.at.Sub(killed)
+	}
+
+	prev := 0
+	for i, base := range []time.Duration{0, 100, 200, 400, 800, 1600} {
+		base *= time.Millisecond
+		pid, up, delay, gap := crash(prev, 0)
+		prev = pid
+		if up >= reset {
+			t.Fatalf("crash %d: the worker had been up %v, past the %v reset: the machine is too slow for this test", i+1, up, reset)
+		}
+		t.Logf("crash %d: delay %v, replacement started %v after the kill", i+1, delay, gap.Round(time.Millisecond))
+		if base == 0 {
+			if delay != 0 || gap > time.Second {
+				t.Errorf("crash 1: restart delay %v, replacement started %v after the kill; want at once", delay, gap)
+			}
+			continue
+		}
+		if lo, hi := base*8/10, base*12/10; delay < lo || delay > hi {
+			t.Errorf("crash %d in a row: restart delay %v, want %v ±20%%", i+1, delay, base)
+		}
+		if gap < delay {
+			t.Errorf("crash %d in a row: replacement started %v after the kill, before its %v delay", i+1, gap, delay)
+		}
+	}
+	// Up for longer than the reset: the next crash is the first again.
+	_, up, delay, gap := crash(prev, reset+500*time.Millisecond)
+	t.Logf("crash after %v up: delay %v, replacement started %v after the kill", up.Round(time.Millisecond), delay, gap.Round(time.Millisecond))
+	if delay != 0 || gap > time.Second {
+		t.Errorf("a crash after %v up (reset %v): restart delay %v, replacement started %v after the kill; want at once", up.Round(time.Millisecond), reset, delay, gap)
+	}
+}
+
+// The library's stop defaults: with StopSignal and StopTimeout unset,
+// workers are asked to stop with SIGTERM, and one that ignores it is
+// killed 10s later.
+func TestStopDefaultsAreSIGTERMAndTenSeconds(t *testing.T) {
+	t.Parallel()
+	var out, log herdtest.SyncBuffer
+	s, stop := start(t, herd.Options{
+		Command: testworker.Command("http"),
+		Workers: 1,
+		Listen:  []string{"127.0.0.1:0"},
+		Env:     append(os.Environ(), "TEST_IGNORE_TERM=1", "TEST_SAY_SIGNAL=1"),
+		Stdout:  &out,
+		Stderr:  &log,
+	})
+	pid := waitState(t, s, herd.StateReady)[0].PID
+	asked := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(asked)
+	if !strings.Contains(log.String(), "msg=stopping signal=SIGTERM timeout=10s") {
+		t.Errorf("no stop line with signal=SIGTERM timeout=10s; log:\n%s", log.String())
+	}
+	if said := fmt.Sprintf("w0 %d | got signal SIGTERM", pid); !strings.Contains(out.String(), said) {
+		t.Errorf("the worker did not say it got SIGTERM; its output:\n%s", out.String())
+	}
+	if took < 9500*time.Millisecond || took > 25*time.Second {
+		t.Errorf("Run returned %v after the stop, want the 10s default stop timeout", took.Round(time.Millisecond))
+	}
+	if !strings.Contains(log.String(), fmt.Sprintf(`msg="worker did not stop in time; killing its process group" worker=0 pid=%d timeout=10s`, pid)) {
+		t.Errorf("the worker was not killed at the 10s default; log:\n%s", log.String())
 	}
 }

@@ -1046,3 +1046,58 @@ func listeningInodes(t *testing.T) map[string]bool {
 	}
 	return out
 }
+
+// The parent-death signal alone ends the workers of a killed primary: with
+// the watchdog (the fallback) killed first, SIGKILL of herd still leaves
+// no worker alive. The workers here start no children: those only the
+// watchdog would reach.
+func TestParentDeathSignalAloneEndsTheWorkers(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("the parent-death signal is Linux's")
+	}
+	h := startHerd(t, nil, argv("-w", "2", "-l", "127.0.0.1:0", worker("http"))...)
+	waitServing(t, h, 2)
+	pids := workerPIDs(t, "http://"+h.Addr("listen0")+"/", 2)
+	if len(pids) != 2 {
+		t.Fatalf("pids %v, want the 2 workers'", pids)
+	}
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			syscall.Kill(-pid, syscall.SIGKILL) // each leads its group
+		}
+	})
+	primary := h.Cmd.Process.Pid
+	watchdog := childrenNamed(primary, "herd-watchdog")
+	if len(watchdog) != 1 {
+		t.Fatalf("want one watchdog child of herd, got %v", watchdog)
+	}
+	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", watchdog[0]))
+	if !slices.Contains(strings.Split(string(environ), "\x00"), "HERD_REEXEC_ROLE=watchdog") {
+		t.Fatalf("child %d of herd is not its watchdog (no HERD_REEXEC_ROLE=watchdog)", watchdog[0])
+	}
+	if err := syscall.Kill(watchdog[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !herdtest.Eventually(5*time.Second, func() bool { return !herdtest.Alive(watchdog[0]) }) {
+		t.Fatal("the watchdog survived SIGKILL")
+	}
+	for _, pid := range pids {
+		if !herdtest.Alive(pid) {
+			t.Fatalf("worker %d died with the watchdog", pid)
+		}
+	}
+	h.Signal(syscall.SIGKILL)
+	if !herdtest.Eventually(5*time.Second, func() bool { return !herdtest.Alive(primary) }) {
+		t.Fatal("the primary survived SIGKILL")
+	}
+	died := time.Now()
+	// The kernel sends the signal as the primary dies: 2s is slack for a
+	// loaded machine, and nothing else would end these workers.
+	for _, pid := range pids {
+		if !herdtest.Eventually(time.Until(died.Add(2*time.Second)), func() bool { return !herdtest.Alive(pid) }) {
+			t.Errorf("worker %d still alive %v after the primary died, with no watchdog", pid, time.Since(died).Round(time.Millisecond))
+		}
+	}
+	h.Wait(5 * time.Second)
+}

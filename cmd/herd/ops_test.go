@@ -797,3 +797,367 @@ func TestHealthTCP(t *testing.T) {
 	}
 	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
 }
+
+// logTime parses the time= of one of herd's own (text) log lines.
+func logTime(t *testing.T, line string) time.Time {
+	t.Helper()
+	_, rest, ok := strings.Cut(line, "time=")
+	if !ok {
+		t.Fatalf("log line %q has no time", line)
+	}
+	at, err := time.Parse(time.RFC3339Nano, strings.Fields(rest)[0])
+	if err != nil {
+		t.Fatalf("log line %q: %v", line, err)
+	}
+	return at
+}
+
+// logAttr returns the value of key=VALUE in a log line ("" if absent).
+func logAttr(line, key string) string {
+	_, rest, ok := strings.Cut(line, " "+key+"=")
+	if !ok {
+		return ""
+	}
+	return strings.Fields(rest)[0]
+}
+
+// --max-lifetime with --lifetime-jitter: each worker's lifetime is
+// --max-lifetime ± a random part of the jitter, so workers are not
+// recycled on one beat; they are recycled one at a time, and under
+// keep-alive and new-connection load no request fails. Waiting for the
+// recycling token can only lengthen a lifetime, never shorten it: without
+// the jitter no worker is recycled before it has been ready for
+// --max-lifetime; with it (lifetimes 0.2-3.8s here) about half are. New
+// workers take 500ms to be ready, so that recycles not held one at a time
+// would overlap, about one in three.
+func TestLifetimeJitterRecyclesOneAtATimeFailingNothing(t *testing.T) {
+	t.Parallel()
+	const life, jitter = 2 * time.Second, 1800 * time.Millisecond
+	h := startHerd(t, []string{"TEST_READY_AFTER=500ms"}, argv("-w", "3", "-l", "127.0.0.1:0", "--max-lifetime", life.String(), "--lifetime-jitter", jitter.String(), worker("lib"))...)
+	waitServing(t, h, 3)
+	addr := h.Addr("listen0")
+	keep := herdtest.StartLoad(addr, 3, true)
+	fresh := herdtest.StartLoad(addr, 2, false)
+
+	type recycle struct {
+		slot  string
+		lived time.Duration // from "worker ready" to "starting a replacement"
+	}
+	// recycles reads the log: every recycle, and whether two were ever
+	// under way at once (a replacement started before the previous
+	// lifetime replacement was ready).
+	recycles := func() (out []recycle, overlap string) {
+		readyAt := map[string]time.Time{}
+		inFlight := map[string]string{} // new pid -> the line that started it
+		for _, l := range strings.Split(h.Stderr(), "\n") {
+			switch {
+			case strings.Contains(l, `msg="worker ready"`):
+				pid := logAttr(l, "pid")
+				readyAt[pid] = logTime(t, l)
+				delete(inFlight, pid)
+			case strings.Contains(l, `msg="starting a replacement"`) && strings.Contains(l, "reason=lifetime"):
+				old, at := logAttr(l, "old_pid"), logTime(t, l)
+				if r, ok := readyAt[old]; ok {
+					out = append(out, recycle{logAttr(l, "worker"), at.Sub(r)})
+				}
+				for _, other := range inFlight {
+					if overlap == "" {
+						overlap = other + "\n" + l
+					}
+				}
+				inFlight[logAttr(l, "pid")] = l
+			}
+		}
+		return out, overlap
+	}
+	var recs []recycle
+	var overlap string
+	herdtest.Eventually(45*time.Second, func() bool {
+		recs, overlap = recycles()
+		return len(recs) >= 12 || overlap != "" || h.Exited()
+	})
+	k, f := keep.Stop(), fresh.Stop()
+	if overlap != "" {
+		t.Fatalf("two workers recycled at once:\n%s", overlap)
+	}
+	if len(recs) < 12 {
+		t.Fatalf("%d lifetime recycles within 45s, want 12 (lifetimes of 0.2-3.8s, 3 workers)", len(recs))
+	}
+	short, slots := 0, map[string]bool{}
+	var lived []time.Duration
+	for _, r := range recs {
+		slots[r.slot] = true
+		lived = append(lived, r.lived.Round(time.Millisecond))
+		if r.lived < life-100*time.Millisecond {
+			short++
+		}
+	}
+	t.Logf("%d recycles; the workers had been ready for %v", len(recs), lived)
+	if short == 0 {
+		t.Errorf("workers lived %v before being recycled: none less than --max-lifetime %v, so --lifetime-jitter %v had no effect", lived, life, jitter)
+	}
+	if len(slots) != 3 {
+		t.Errorf("recycled slots %v, want all 3", slots)
+	}
+	if k.Failed+f.Failed != 0 {
+		t.Errorf("%d keep-alive and %d new-connection requests failed over %d recycles; first: %v %v", k.Failed, f.Failed, len(recs), k.Errors, f.Errors)
+	}
+	if k.OK < 100 || f.OK < 50 {
+		t.Errorf("only %d keep-alive and %d new-connection answers: the load did not run", k.OK, f.OK)
+	}
+}
+
+// --health-timeout, end to end: a worker whose /health stops answering
+// (it hangs, it does not fail) fails --health-failures checks in a row,
+// each given up at --health-timeout (the log says "timeout after" it),
+// and is replaced.
+func TestHealthTimeoutReplacesAWorkerThatHangs(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", "--health", "http:/health", "--health-interval", "200ms",
+		"--health-timeout", "300ms", "--health-failures", "3", "--stop-timeout", "2s", worker("lib"))...)
+	ctl := controlOf(t, h)
+	hung := waitWorkers(t, ctl, 1).Workers[0].PID
+	// About five checks of a worker that answers: none fails.
+	time.Sleep(time.Second)
+	if n := h.Count(`msg="health check failed"`); n != 0 {
+		t.Fatalf("%d health checks of a healthy worker failed:\n%s", n, h.Stderr())
+	}
+	if code, _, stderr := herdCtl(t, ctl, "send", "0", `{"type":"stall"}`); code != 0 {
+		t.Fatalf("herd send: exit %d: %s", code, stderr)
+	}
+	line := h.WaitLog(fmt.Sprintf(`msg="worker is unhealthy; replacing it" worker=0 pid=%d `, hung), 20*time.Second)
+	if !strings.Contains(line, "failed 3 health checks in a row") || !strings.Contains(line, "timeout after 300ms") {
+		t.Errorf("unhealthy line %q; want 3 checks in a row, the last a timeout after 300ms", line)
+	}
+	var failed []string
+	for _, l := range strings.Split(h.Stderr(), "\n") {
+		if strings.Contains(l, `msg="health check failed"`) && strings.Contains(l, fmt.Sprintf(" pid=%d ", hung)) {
+			failed = append(failed, l)
+		}
+	}
+	if len(failed) != 3 {
+		t.Errorf("%d failed checks logged before the worker was replaced, want --health-failures 3:\n%s", len(failed), strings.Join(failed, "\n"))
+	}
+	for i, l := range failed {
+		if !strings.Contains(l, "timeout after 300ms") || !strings.Contains(l, fmt.Sprintf(" failures=%d of=3", i+1)) {
+			t.Errorf("failed check %d logged as %q; want a timeout after 300ms (--health-timeout), failure %d of 3", i+1, l, i+1)
+		}
+	}
+	// Checks given up at 300ms follow each other about that far apart
+	// (the 200ms ticks come meanwhile); at the 2s default they would be
+	// 2s apart.
+	if len(failed) == 3 {
+		if span := logTime(t, failed[2]).Sub(logTime(t, failed[0])); span > 1800*time.Millisecond {
+			t.Errorf("the 2nd and 3rd failed checks came %v after the 1st: not given up at --health-timeout 300ms", span)
+		}
+	}
+	var st statusView
+	if !herdtest.Eventually(20*time.Second, func() bool {
+		st = status(t, ctl)
+		return st.Workers[0].PID != hung && st.Workers[0].Ready
+	}) {
+		t.Fatalf("the worker whose health check hangs was not replaced: %+v", st.Workers)
+	}
+	if !herdtest.Eventually(10*time.Second, func() bool { return !herdtest.Alive(hung) }) {
+		t.Errorf("the replaced worker %d still runs", hung)
+	}
+	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
+}
+
+// --ready message: only herd.ready makes a worker ready. A plain worker,
+// which accepts on its socket but never says it, is never ready and is
+// killed at --ready-timeout; a library worker says it and is ready.
+func TestReadyMessageIsTheMessageOnly(t *testing.T) {
+	t.Parallel()
+	t.Run("plain worker", func(t *testing.T) {
+		t.Parallel()
+		h := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", "--ready", "message", "--ready-timeout", "1s", worker("http"))...)
+		started := h.WaitLog(`msg="worker started" worker=0 `, 10*time.Second)
+		pid := logAttr(started, "pid")
+		// It serves: under --ready auto or listen it would be ready.
+		replies(t, "http://"+h.Addr("listen0")+"/", 1, 1)
+		line := h.WaitLog(fmt.Sprintf(`msg="worker did not become ready; killing it" worker=0 pid=%s `, pid), 20*time.Second)
+		if !strings.Contains(line, "not ready within 1s (--ready message)") {
+			t.Errorf("log line %q does not give the rule and the timeout", line)
+		}
+		h.WaitLog(fmt.Sprintf(`msg="worker exited" worker=0 pid=%s status="signal: killed"`, pid), 10*time.Second)
+		if n := h.Count(`msg="worker ready"`); n != 0 {
+			t.Errorf("a worker that never sends herd.ready was ready %d times", n)
+		}
+		var w workerView
+		if !herdtest.Eventually(10*time.Second, func() bool { w = status(t, controlOf(t, h)).Workers[0]; return w.Restarts > 0 }) || w.Ready {
+			t.Errorf("status after the readiness timeout: %+v; want not ready, a failed start counted", w)
+		}
+	})
+	t.Run("library worker", func(t *testing.T) {
+		t.Parallel()
+		h := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", "--ready", "message", "--ready-timeout", "10s", worker("lib"))...)
+		ctl := controlOf(t, h)
+		pid := waitWorkers(t, ctl, 1).Workers[0].PID
+		h.WaitLog(fmt.Sprintf(`msg="worker ready" worker=0 pid=%d `, pid), 5*time.Second)
+		if n := h.Count(`msg="worker did not become ready`); n != 0 {
+			t.Errorf("a library worker was killed for not becoming ready:\n%s", h.Stderr())
+		}
+	})
+}
+
+// A reload whose old worker ignores the stop signal (and does not speak
+// the protocol) completes, and the old worker is killed at --stop-timeout:
+// gone well before the 10s default, and logged as killed.
+func TestReloadKillsAnOldWorkerThatIgnoresTheStop(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_IGNORE_TERM=1"}, argv("-w", "1", "-l", "127.0.0.1:0", "--stop-timeout", "1s", worker("http"))...)
+	ctl := controlOf(t, h)
+	old := waitWorkers(t, ctl, 1).Workers[0].PID
+	if code, _, stderr := herdCtl(t, ctl, "reload"); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, stderr)
+	}
+	reloaded := time.Now()
+	if now := waitWorkers(t, ctl, 1).Workers[0].PID; now == old {
+		t.Fatalf("worker 0 kept pid %d through the reload", old)
+	}
+	// 1s of stop timeout plus slack; far below the 10s default.
+	if !herdtest.Eventually(time.Until(reloaded.Add(5*time.Second)), func() bool { return !herdtest.Alive(old) }) {
+		t.Fatalf("the old worker %d, which ignores SIGTERM, still runs %v after the reload (--stop-timeout 1s)", old, time.Since(reloaded).Round(time.Millisecond))
+	}
+	line := h.WaitLog(fmt.Sprintf(`msg="worker did not stop in time; killing its process group" worker=0 pid=%d `, old), 5*time.Second)
+	if !strings.Contains(line, "timeout=1s") {
+		t.Errorf("kill line %q does not give the 1s stop timeout", line)
+	}
+	h.WaitLog(fmt.Sprintf(`msg="worker stopped" worker=0 pid=%d status="signal: killed"`, old), 5*time.Second)
+	for _, r := range replies(t, "http://"+h.Addr("listen0")+"/", 10, 2) {
+		if r.PID == old {
+			t.Fatalf("answer from the old worker %d after the reload", old)
+		}
+	}
+}
+
+// Without --stop-signal and --stop-timeout, herd asks workers to stop
+// with SIGTERM and kills one that ignores it 10s later.
+func TestStopDefaultsAreSIGTERMAndTenSeconds(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, []string{"TEST_IGNORE_TERM=1", "TEST_SAY_SIGNAL=1"}, argv("-w", "1", "-l", "127.0.0.1:0", worker("http"))...)
+	ctl := controlOf(t, h)
+	pid := waitWorkers(t, ctl, 1).Workers[0].PID
+	asked := time.Now()
+	h.Signal(syscall.SIGTERM)
+	if line := h.WaitLog("msg=stopping ", 5*time.Second); !strings.Contains(line, "signal=SIGTERM timeout=10s") {
+		t.Errorf("stop line %q, want signal=SIGTERM timeout=10s", line)
+	}
+	said := fmt.Sprintf("w0 %d | got signal SIGTERM", pid)
+	if !herdtest.Eventually(5*time.Second, func() bool { return strings.Contains(h.Stdout(), said) }) {
+		t.Errorf("the worker did not say it got SIGTERM; its output:\n%s", h.Stdout())
+	}
+	if code := h.Wait(40 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	took := time.Since(asked)
+	// Not before the 10s (the kill timer starts after the signal), and
+	// not much after.
+	if took < 9500*time.Millisecond || took > 30*time.Second {
+		t.Errorf("herd stopped %v after SIGTERM, want the 10s default stop timeout", took.Round(time.Millisecond))
+	}
+	line := h.WaitLog(fmt.Sprintf(`msg="worker did not stop in time; killing its process group" worker=0 pid=%d `, pid), time.Second)
+	if !strings.Contains(line, "timeout=10s") {
+		t.Errorf("kill line %q, want timeout=10s", line)
+	}
+	h.WaitLog(fmt.Sprintf(`msg="worker stopped" worker=0 pid=%d status="signal: killed"`, pid), time.Second)
+	if herdtest.Alive(pid) {
+		t.Errorf("worker %d outlived herd", pid)
+	}
+}
+
+// shortTempDir makes a directory with a short path (socket paths are
+// limited to 107 bytes), removed at the end of the test.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// A herd killed by SIGKILL leaves its control socket behind. The next herd
+// run with the same name finds nobody listening there, replaces the
+// socket and runs (it is not "already running"), and the client commands
+// reach the new cluster.
+func TestRunReplacesTheSocketOfAKilledHerd(t *testing.T) {
+	t.Parallel()
+	runtimeDir := shortTempDir(t)
+	env := []string{"XDG_RUNTIME_DIR=" + runtimeDir}
+	sock := filepath.Join(runtimeDir, "herd", "app.sock")
+	first := startHerd(t, env, argv("--name", "app", "-w", "1", worker("lib"))...)
+	if got := controlOf(t, first); got != sock {
+		t.Fatalf("herd run --name app listens on %s, want %s", got, sock)
+	}
+	first.Signal(syscall.SIGKILL)
+	first.Wait(10 * time.Second)
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("the killed herd left no socket at %s (%v): nothing stale to replace", sock, err)
+	}
+
+	second := startHerd(t, env, argv("--name", "app", "-w", "1", worker("lib"))...)
+	herdtest.Eventually(10*time.Second, func() bool { return second.Exited() || second.Count(`msg="control socket"`) > 0 })
+	if second.Exited() {
+		t.Fatalf("the second herd run --name app exited instead of replacing the stale socket:\n%s", second.Stderr())
+	}
+	if got := controlOf(t, second); got != sock {
+		t.Fatalf("the second herd run --name app listens on %s, want %s", got, sock)
+	}
+	code, stdout, stderr := herdEnv(t, env, "status", "--json", "--name", "app")
+	var st statusView
+	if err := json.Unmarshal([]byte(stdout), &st); code != 0 || err != nil || st.PID != second.Cmd.Process.Pid {
+		t.Errorf("herd status --name app: exit %d, stdout %q, stderr %q; want the status of the new herd (pid %d)", code, stdout, stderr, second.Cmd.Process.Pid)
+	}
+}
+
+// staleSocket leaves a Unix socket at path that nobody listens on, as a
+// herd killed by SIGKILL does.
+func staleSocket(t *testing.T, path string) {
+	t.Helper()
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+}
+
+// A client command with no --name (and no $HERD_CONTROL) talks to the one
+// cluster running in the default directory. Sockets left there by killed
+// herds are no cluster: they neither make "several clusters" nor hide the
+// one that runs.
+func TestStatusWithoutANameIgnoresStaleSockets(t *testing.T) {
+	t.Parallel()
+	runtimeDir := shortTempDir(t)
+	dir := filepath.Join(runtimeDir, "herd")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	staleSocket(t, filepath.Join(dir, "dead1.sock"))
+	staleSocket(t, filepath.Join(dir, "dead2.sock"))
+	env := []string{"XDG_RUNTIME_DIR=" + runtimeDir}
+
+	code, stdout, stderr := herdEnv(t, env, "status")
+	if code != 1 || !strings.Contains(stderr, "no control socket in "+dir) || stdout != "" {
+		t.Errorf("herd status with only two stale sockets: exit %d, stdout %q, stderr %q; want exit 1, no cluster running", code, stdout, stderr)
+	}
+
+	live := startHerd(t, env, argv("--name", "live", "-w", "1", worker("lib"))...)
+	controlOf(t, live)
+	code, stdout, stderr = herdEnv(t, env, "status", "--json")
+	var st statusView
+	if err := json.Unmarshal([]byte(stdout), &st); code != 0 || err != nil || st.PID != live.Cmd.Process.Pid {
+		t.Errorf("herd status beside two stale sockets: exit %d, stdout %q, stderr %q; want the status of the one live herd (pid %d)", code, stdout, stderr, live.Cmd.Process.Pid)
+	}
+
+	// Two live ones: now the user must say which, and only those are named.
+	other := startHerd(t, env, argv("--name", "other", "-w", "1", worker("lib"))...)
+	controlOf(t, other)
+	code, _, stderr = herdEnv(t, env, "status")
+	if code != 2 || !strings.Contains(stderr, "several clusters run (live, other)") {
+		t.Errorf("herd status with two live herds and two stale sockets: exit %d, stderr %q; want exit 2 naming live and other only", code, stderr)
+	}
+}

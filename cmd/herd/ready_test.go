@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herd-sh/herd/internal/testworker"
 )
@@ -64,5 +65,17 @@ func TestReadyHTTPIsTheNewWorkersOwnAnswer(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// herd.ready counts only under --ready message (and auto): with another
+// rule, that rule decides, even for a worker that says it is ready.
+func TestReadyRuleOverridesTheWorkersWord(t *testing.T) {
+	t.Parallel()
+	h := startHerd(t, nil, argv("-w", "1", "-l", "127.0.0.1:0", "--ready", "delay:1500ms", worker("lib"))...)
+	line := h.WaitLog(`msg="worker ready"`, 10*time.Second)
+	_, after, _ := strings.Cut(line, "after=")
+	if d, err := time.ParseDuration(strings.Fields(after + " ")[0]); err != nil || d < 1500*time.Millisecond {
+		t.Errorf("a worker that says herd.ready was ready after %q under --ready delay:1500ms (line %q)", after, line)
 	}
 }

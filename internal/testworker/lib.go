@@ -27,11 +27,15 @@ import (
 //	                is in every pong: {"relays":N,"data":X}
 //	TEST_SLOW=DUR   each HTTP request takes this long
 //	sick            /health answers 503 from then on (else 200)
+//	stall           /health answers nothing from then on: each request
+//	                hangs until its client gives up (closes the connection)
 //	grow {"mb":N}   allocate and touch N MiB more, and keep it
 //	TEST_NOT_READY_IF=FILE  when FILE exists at start, serve but never
 //	                say herd.ready (a reload to a broken version)
 //	TEST_READY_GATE=FILE  first wait until FILE, or FILE.PID for this
 //	                worker's pid, exists (become ready when the test says)
+//	TEST_READY_AFTER=DUR  first wait DUR (then serve and say herd.ready):
+//	                a worker slow to start
 //
 // Lib runs the lib role in this process (for a self-forked test binary);
 // with TEST_SELF_FORK_ROLE=tasks, the tasks role (a self-forked Pool).
@@ -46,7 +50,7 @@ func libWorker() error {
 	var w *worker.Worker
 	countOnly := os.Getenv("TEST_COUNT_RELAYS") == "1"
 	relays := 0
-	var sick atomic.Bool
+	var sick, stall atomic.Bool
 	var hoard [][]byte
 	handle := func(m herd.Message) {
 		switch {
@@ -66,6 +70,8 @@ func libWorker() error {
 			w.SendTo(to.To, map[string]int{"id": w.ID()})
 		case m.Type == "sick":
 			sick.Store(true)
+		case m.Type == "stall":
+			stall.Store(true)
 		case m.Type == "grow":
 			var g struct{ MB int }
 			json.Unmarshal(m.Data, &g)
@@ -91,6 +97,13 @@ func libWorker() error {
 			}
 		}
 	}
+	if d, err := time.ParseDuration(os.Getenv("TEST_READY_AFTER")); err == nil {
+		select {
+		case <-w.Context().Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
 	if n, _ := strconv.Atoi(os.Getenv("TEST_SEQ")); n > 0 {
 		for i := range n {
 			if err := w.Send("seq", i); err != nil {
@@ -106,6 +119,10 @@ func libWorker() error {
 	slow, _ := time.ParseDuration(os.Getenv("TEST_SLOW"))
 	body := fmt.Sprintf("id=%d pid=%d child=0 fds=%d names=- workers=%d\n", w.ID(), os.Getpid(), len(w.Listeners()), w.Workers())
 	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" && stall.Load() {
+			<-r.Context().Done() // the client closed the connection
+			return
+		}
 		if r.URL.Path == "/health" && sick.Load() {
 			http.Error(rw, "sick", http.StatusServiceUnavailable)
 			return

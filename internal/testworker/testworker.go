@@ -86,6 +86,9 @@ func firstOr(args []string, def string) string {
 //
 //	TEST_CRASH_SLOT=N   slot N exits at once (a crash-looping slot)
 //	TEST_IGNORE_TERM=1  SIGTERM is ignored (to test the stop deadline)
+//	TEST_SAY_SIGNAL=1   print "got signal NAME" on stdout for each SIGTERM
+//	                    or SIGINT it gets (with TEST_IGNORE_TERM=1 it then
+//	                    goes on serving)
 //	TEST_CHILD=1        start a grandchild (sleep) in the worker's group
 //	TEST_CHILD=setsid   the same in a session (and group) of its own
 //	TEST_SLOW=DUR       each request takes this long
@@ -126,9 +129,19 @@ func serveHTTP() error {
 		fmt.Fprint(w, body)
 	})}
 	sigs := make(chan os.Signal, 1)
-	if os.Getenv("TEST_IGNORE_TERM") == "1" {
+	say := os.Getenv("TEST_SAY_SIGNAL") == "1"
+	switch {
+	case os.Getenv("TEST_IGNORE_TERM") == "1" && say:
+		heard := make(chan os.Signal, 4)
+		signal.Notify(heard, syscall.SIGTERM, syscall.SIGINT)
+		go func() {
+			for sig := range heard {
+				sayStopSignal(sig)
+			}
+		}()
+	case os.Getenv("TEST_IGNORE_TERM") == "1":
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
-	} else {
+	default:
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	}
 	if d, err := time.ParseDuration(os.Getenv("TEST_EXIT_AFTER")); err == nil {
@@ -139,12 +152,27 @@ func serveHTTP() error {
 	for _, l := range ls {
 		wg.Go(func() { srv.Serve(l) })
 	}
-	<-sigs
+	sig := <-sigs
+	if say {
+		sayStopSignal(sig)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = srv.Shutdown(ctx)
 	wg.Wait()
 	return err
+}
+
+// sayStopSignal prints which stop signal the worker got (TEST_SAY_SIGNAL).
+func sayStopSignal(sig os.Signal) {
+	name := sig.String()
+	switch sig {
+	case syscall.SIGTERM:
+		name = "SIGTERM"
+	case syscall.SIGINT:
+		name = "SIGINT"
+	}
+	fmt.Printf("got signal %s\n", name)
 }
 
 // printLines writes what the args describe to stdout, then exits:
