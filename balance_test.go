@@ -3,9 +3,15 @@ package herd_test
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -307,4 +313,168 @@ func TestHandoffLeaksNoDescriptor(t *testing.T) {
 		t.Errorf("the primary holds %d descriptors after the load, %d before", now, before)
 	}
 	stop()
+}
+
+// A connection can be handed to a worker in the instant it is asked to
+// stop, after the stop request on its channel (a reload switched workers
+// between the primary's choice and its send; the hook makes that instant
+// certain). examples/python/handoff.py, like any worker may, takes no
+// connection once asked to stop. Such a connection goes to another worker
+// within moments: it does not wait for the stopping worker to exit, which
+// here a request it is still reading keeps running.
+func TestHandoffToAStoppingWorkerGoesToAnother(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 is not installed")
+	}
+	app, _ := filepath.Abs("examples/python/handoff.py")
+	var log herdtest.SyncBuffer
+	s, stop := start(t, herd.Options{
+		Command: []string{"python3", app},
+		Workers: 2,
+		Listen:  []string{"127.0.0.1:0"},
+		Balance: herd.BalanceRoundRobin,
+		Stderr:  &log,
+	})
+	ws := waitAllReady(t, s, 2)
+	addr := s.Listeners()[0].Addr.String()
+
+	// A request whose headers come slowly keeps its worker running after
+	// it is asked to stop (handoff.py finishes what it serves).
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	io.WriteString(slow, "GET / HTTP/1.1\r\nHost: herd\r\n")
+	victim := -1
+	if !herdtest.Eventually(10*time.Second, func() bool {
+		for _, w := range s.Workers() {
+			if w.Conns == 1 {
+				victim = w.ID
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the slow request reached no worker: %+v", s.Workers())
+	}
+	old := ws[victim].PID
+	trickling := make(chan struct{})
+	trickled := make(chan struct{})
+	go func() {
+		defer close(trickled)
+		for {
+			select {
+			case <-trickling:
+				io.WriteString(slow, "\r\n")
+				return
+			case <-time.After(200 * time.Millisecond):
+				io.WriteString(slow, "X-Slow: 1\r\n")
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-trickling:
+		default:
+			close(trickling)
+		}
+		<-trickled
+	}()
+
+	// The next connection handed to the victim is sent only once a
+	// restart of its slot has asked it to stop.
+	var fired atomic.Bool
+	asked := make(chan time.Time, 1)
+	herd.SetGiveHook(func(slot, pid int) {
+		if pid != old || !fired.CompareAndSwap(false, true) {
+			return
+		}
+		if err := s.Restart(context.Background(), slot); err != nil {
+			t.Errorf("restart of worker %d: %v", slot, err)
+		}
+		asked <- time.Now()
+	})
+	defer herd.SetGiveHook(nil)
+	type answer struct {
+		body string
+		err  error
+		at   time.Time
+	}
+	var askedAt time.Time
+	var got answer
+	for i := 0; askedAt.IsZero(); i++ {
+		if i == 4 {
+			t.Fatalf("round-robin handed none of 4 connections to worker %d", victim)
+		}
+		done := make(chan answer, 1)
+		go func() {
+			body, err := hello(addr)
+			done <- answer{body, err, time.Now()}
+		}()
+		select {
+		case got = <-done: // the other worker's turn
+			if got.err != nil {
+				t.Fatal(got.err)
+			}
+		case askedAt = <-asked:
+			select {
+			case got = <-done:
+			case <-time.After(5 * time.Second):
+				got = answer{err: errors.New("no answer in 5 s")}
+			}
+		}
+	}
+	if got.err != nil {
+		t.Fatalf("the connection handed to the stopping worker: %v", got.err)
+	}
+	wait := got.at.Sub(askedAt)
+	t.Logf("answered %v after the worker was asked to stop", wait)
+	if wait > 3*time.Second {
+		t.Errorf("the connection handed to the stopping worker was answered %v after it was asked to stop, want within 3 s (stopTake, 1 s, after it read it)", wait)
+	}
+	if want := fmt.Sprintf(`msg="handing the connections a stopping worker did not take to the others" worker=%d pid=%d connections=1`, victim, old); !strings.Contains(log.String(), want) {
+		t.Errorf("no log line %s:\n%s", want, log.String())
+	}
+	if strings.Contains(got.body, fmt.Sprintf(" pid %d\n", old)) {
+		t.Errorf("answered by the stopping worker %d, which took nothing after it was asked to stop: %q", old, got.body)
+	}
+	// The stopping worker still answers the request it was reading, then
+	// exits.
+	close(trickling)
+	<-trickled
+	slow.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(slow), nil)
+	if err != nil {
+		t.Fatalf("the request the stopping worker was reading: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), fmt.Sprintf(" pid %d\n", old)) {
+		t.Errorf("the slow request was answered %q, want by worker pid %d", body, old)
+	}
+	if !herdtest.Eventually(10*time.Second, func() bool { return !herdtest.Alive(old) }) {
+		t.Errorf("the stopping worker %d did not exit", old)
+	}
+	stop()
+}
+
+// hello makes one request on a new connection and returns the body.
+func hello(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }

@@ -25,6 +25,14 @@ import (
 // (or Node's NODE_HANDLE). The primary keeps its descriptor until the
 // worker says it has it (herd.took, or Node's NODE_HANDLE_ACK), so that a
 // connection given to a worker that dies first is given to another one.
+//
+// A worker that is stopping gets no new connections, but one can still be
+// handed to it in the instant it is asked to stop, after the stop request
+// on its channel; a worker that stops taking connections then (as
+// examples/python/handoff.py does) leaves it untaken. Such connections are
+// given to another worker: at once when the worker says herd.declined (the
+// Go library and the Python example do), after takeWithin when it says
+// nothing; never kept until it exits (see takeBack).
 
 const (
 	// handoffQueue is how many bytes may wait in a worker's channel before
@@ -48,6 +56,12 @@ const (
 	slowTake   = 200 * time.Millisecond
 )
 
+// giveHook, when set (by tests), runs in give once p was found able to
+// take a connection and before it is sent (p's hand-over lock held): a
+// test makes a stop request land in that window, otherwise a matter of
+// chance.
+var giveHook atomic.Pointer[func(slot, pid int)]
+
 // handed is a connection given to a worker and not yet taken.
 type handed struct {
 	fd       int
@@ -64,20 +78,25 @@ type handover struct {
 	seed   maphash.Seed
 	mu     sync.Mutex
 	parked []handed
-	kick   chan struct{} // capacity 1: try the parked connections again
+	// holders are the processes that have been handed connections, until
+	// they exit: the slot's worker, and ones that are stopping (under mu).
+	holders map[*process]struct{}
+	kick    chan struct{} // capacity 1: try the parked connections again
 	// lines holds, per listener name, the herd.conn line and Node's
 	// NODE_HANDLE line (map[string][2][]byte, replaced, never changed).
 	lines atomic.Value
 }
 
 func newHandover(s *Supervisor) *handover {
-	return &handover{s: s, seed: maphash.MakeSeed(), kick: make(chan struct{}, 1)}
+	return &handover{s: s, seed: maphash.MakeSeed(), holders: map[*process]struct{}{}, kick: make(chan struct{}, 1)}
 }
 
 // handoffState is a worker process's part of the hand-over.
 type handoffState struct {
 	mu      sync.Mutex
 	unacked []handed // given, not yet taken, oldest first
+	held    bool     // it is among the handover's holders
+	gone    bool     // it has exited: reclaim took what it held
 	open    atomic.Int64
 }
 
@@ -144,8 +163,16 @@ func (h *handover) dispatch(c handed) {
 func (h *handover) give(p *process, c handed) bool {
 	p.handoff.mu.Lock()
 	defer p.handoff.mu.Unlock()
+	if p.handoff.gone || p.draining.Load() {
+		// It is stopping: a stop request may already be on its channel,
+		// after which it need not take anything.
+		return false
+	}
 	if u := p.handoff.unacked; len(u) >= maxUntaken || len(u) > 0 && time.Since(u[0].given) > slowTake {
 		return false
+	}
+	if f := giveHook.Load(); f != nil {
+		(*f)(p.slot, p.pid)
 	}
 	c.given = time.Now()
 	// Counted before it is sent: the worker can serve and close it, and
@@ -157,10 +184,18 @@ func (h *handover) give(p *process, c handed) bool {
 		return false
 	}
 	p.handoff.unacked = append(p.handoff.unacked, c)
+	if !p.handoff.held {
+		p.handoff.held = true
+		h.mu.Lock()
+		h.holders[p] = struct{}{}
+		h.mu.Unlock()
+	}
 	return true
 }
 
-// candidates are the live workers, in the order the policy prefers them.
+// candidates are the live workers, in the order the policy prefers them:
+// sticky ranks them by the client's IP, and a client without one (a Unix
+// socket's) goes round-robin, as in proxy mode.
 func (h *handover) candidates(ip netip.Addr) []*process {
 	var ps []*process
 	for _, sl := range h.s.slotList() {
@@ -179,7 +214,11 @@ func (h *handover) candidates(ip netip.Addr) []*process {
 			return int(a.handoff.open.Load() - b.handoff.open.Load())
 		})
 	case BalanceSticky:
-		h.byAffinity(ps, ip)
+		if ip.IsValid() {
+			h.byAffinity(ps, ip)
+			break
+		}
+		fallthrough
 	default:
 		start := int(h.rr.Add(1)-1) % len(ps)
 		ps = append(ps[start:], ps[:start]...)
@@ -229,7 +268,7 @@ func (h *handover) took(p *process, n int) {
 }
 
 // nack gives p's oldest connection to another worker: p could not take
-// it (Node's NODE_HANDLE_NACK).
+// it (herd.declined, or Node's NODE_HANDLE_NACK).
 func (h *handover) nack(p *process) {
 	p.handoff.mu.Lock()
 	if len(p.handoff.unacked) == 0 {
@@ -255,6 +294,13 @@ func (h *handover) reclaim(p *process) {
 	p.handoff.mu.Lock()
 	left := p.handoff.unacked
 	p.handoff.unacked = nil
+	p.handoff.gone = true
+	if p.handoff.held {
+		p.handoff.held = false
+		h.mu.Lock()
+		delete(h.holders, p)
+		h.mu.Unlock()
+	}
 	p.handoff.mu.Unlock()
 	if len(left) > 0 {
 		h.s.log.Info("handing the connections a stopped worker did not take to the others", "worker", p.slot, "pid", p.pid, "connections", len(left))
@@ -296,7 +342,7 @@ func (h *handover) retry(ctx context.Context) {
 			return
 		case <-h.kick:
 		case <-t.C:
-			h.killStuck()
+			h.checkTakes()
 		}
 		h.mu.Lock()
 		parked := h.parked
@@ -317,22 +363,60 @@ func (h *handover) retry(ctx context.Context) {
 	}
 }
 
-// killStuck kills a worker that has held a connection it did not take for
-// longer than takeWithin: it cannot be serving, and what it holds goes to
-// the others once it is gone.
-func (h *handover) killStuck() {
-	for _, sl := range h.s.slotList() {
-		p := sl.current.Load()
-		if p == nil {
+// checkTakes looks at every worker holding connections it has not taken
+// (its slot's worker, or one that is stopping). A stopping worker may take
+// nothing once asked to stop: what it lets go goes to the other workers
+// (takeBack). One that is not stopping and has held a connection for
+// longer than takeWithin cannot be serving: it is killed, and what it
+// holds goes to the others once it is gone.
+func (h *handover) checkTakes() {
+	h.mu.Lock()
+	holders := make([]*process, 0, len(h.holders))
+	for p := range h.holders {
+		holders = append(holders, p)
+	}
+	h.mu.Unlock()
+	now := time.Now()
+	for _, p := range holders {
+		if p.draining.Load() {
+			h.takeBack(p, now)
 			continue
 		}
 		p.handoff.mu.Lock()
-		stuck := len(p.handoff.unacked) > 0 && time.Since(p.handoff.unacked[0].given) > takeWithin
+		stuck := len(p.handoff.unacked) > 0 && now.Sub(p.handoff.unacked[0].given) > takeWithin
 		p.handoff.mu.Unlock()
 		if stuck && p.stuck.CompareAndSwap(false, true) {
 			h.s.log.Error("worker does not take the connections handed to it; killing it", "worker", p.slot, "pid", p.pid, "waited", takeWithin.String())
 			p.kill()
 		}
+	}
+}
+
+// takeBack gives the connections that p, a stopping worker, has held
+// untaken for takeWithin to the other workers. A worker that declines
+// what it will not take (herd.declined) has them moved at once; this is
+// for one that says nothing, and waits as long as the hung-worker check
+// does, since a worker that did take one but was held up before saying so
+// must not share its client with another. p is not killed for it: it may
+// be finishing requests. A herd.took that p sends later finds nothing to
+// count.
+func (h *handover) takeBack(p *process, now time.Time) {
+	p.handoff.mu.Lock()
+	u := p.handoff.unacked
+	n := 0
+	for n < len(u) && now.Sub(u[n].given) >= takeWithin {
+		n++
+	}
+	back := slices.Clone(u[:n])
+	p.handoff.unacked = u[n:]
+	p.handoff.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	h.closed(p, n)
+	h.s.log.Info("handing the connections a stopping worker did not take to the others", "worker", p.slot, "pid", p.pid, "connections", n)
+	for _, c := range back {
+		h.dispatch(c)
 	}
 }
 

@@ -90,7 +90,7 @@ func (e *primaryEnd) Message(m ipc.Message) {
 				failed: m.Type == ipc.TypeFailed,
 			})
 		}
-	case ipc.TypeTook, ipc.TypeClosed:
+	case ipc.TypeTook, ipc.TypeClosed, ipc.TypeDeclined:
 		if s.handover == nil {
 			return
 		}
@@ -101,10 +101,17 @@ func (e *primaryEnd) Message(m ipc.Message) {
 				return
 			}
 		}
-		if m.Type == ipc.TypeTook {
+		switch m.Type {
+		case ipc.TypeTook:
 			s.handover.took(p, n)
-		} else {
+		case ipc.TypeClosed:
 			s.handover.closed(p, n)
+		default:
+			s.log.Info("handing the connections a stopping worker did not take to the others",
+				"worker", p.slot, "pid", p.pid, "connections", n, "declined", true)
+			for range n {
+				s.handover.nack(p)
+			}
 		}
 	case "":
 		// Node's own internal messages, when its channel is ours.

@@ -1,9 +1,12 @@
 package worker_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -44,6 +47,8 @@ func playRole(role string) error {
 		return servesEachListenerItsName()
 	case "listeners":
 		return printListeners()
+	case "flood":
+		return floodWhileServing()
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -89,4 +94,30 @@ func printListeners() error {
 	defer w.Close()
 	fmt.Printf("listeners=%d web=%v LISTEN_FDS=%q\n", len(w.Listeners()), w.Listener("web") != nil, os.Getenv("LISTEN_FDS"))
 	return nil
+}
+
+// floodWhileServing serves HTTP on the listeners handed over (answering
+// "ok") and, from the first request on, sends the primary messages as fast
+// as the channel takes them, 64 KB ones and tiny ones filling what room
+// those leave, so that its queue stays full to the byte.
+func floodWhileServing() error {
+	w, err := worker.Start(worker.Options{})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	big := json.RawMessage(`"` + strings.Repeat("x", 64<<10) + `"`)
+	var once sync.Once
+	flood := func(typ string, data any) {
+		for w.Context().Err() == nil && w.Send(typ, data) == nil {
+		}
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		once.Do(func() { // herd.ready is out by now
+			go flood("flood", big)
+			go flood("f", nil)
+		})
+		fmt.Fprint(rw, "ok")
+	})}
+	return w.Serve(srv)
 }

@@ -77,6 +77,7 @@ type Worker struct {
 	// (HERD_HANDOFF); they are in listeners too.
 	handoff    map[string]*handoffListener
 	unreported unreportedCount // closed handed connections not yet reported
+	hand       handoffRead     // the read loop's: connections being taken
 	taskMu     sync.Mutex
 	taskQ      []task // herd.task messages not yet served, for ServeTasks
 	// The read loop's: tasks read and not yet in taskQ, and where their
@@ -374,8 +375,13 @@ func (e *workerEnd) Message(m ipc.Message) {
 	}
 }
 
-// EndBatch passes on the tasks of one read of the channel (see readTask).
-func (e *workerEnd) EndBatch() { (*Worker)(e).queueTasks() }
+// EndBatch passes on the connections (see takeConn) and the tasks (see
+// readTask) of one read of the channel.
+func (e *workerEnd) EndBatch() {
+	w := (*Worker)(e)
+	w.passConns()
+	w.queueTasks()
+}
 
 // Bad reports a line from the primary that is not a message; the channel
 // goes on with the next line.
@@ -385,6 +391,7 @@ func (e *workerEnd) Bad(err error) {
 
 func (w *Worker) deliver(m herd.Message) {
 	if w.opts.OnMessage != nil {
+		w.passConns() // the connections handed before it come first
 		w.opts.OnMessage(m)
 	}
 }

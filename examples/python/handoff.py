@@ -13,7 +13,8 @@ if this one dies), and herd.closed once it is done with it (least-conn counts
 these). HERD_HANDOFF names the listeners handed over this way.
 
 herd.shutdown (or SIGTERM/SIGINT) drains it as hello.py does: connections
-still handed over are left to the primary (no herd.took), further requests
+still handed over are left to the primary (herd.declined instead of
+herd.took: the primary gives them to another worker at once), further requests
 get "Connection: close", idle ones time out, and it exits 0. It exits when
 the channel closes (the primary is gone).
 """
@@ -77,13 +78,14 @@ def read_channel(server):
         if not data:
             break  # end of the channel: the primary is gone
         *lines, buf = (buf + data).split(b"\n")
-        conns = []
+        conns, declined = [], 0
         for line in lines:
             kind = json.loads(line).get("type")
             if kind == "herd.shutdown":
                 stopping.set()
             elif kind == "herd.conn" and stopping.is_set():
                 os.close(fds.popleft())  # not taken: herd gives it to another worker
+                declined += 1
             elif kind == "herd.conn":
                 conn = socket.socket(fileno=fds.popleft())  # family and type detected
                 if conn.family != socket.AF_UNIX:  # headers and body are two writes
@@ -91,6 +93,8 @@ def read_channel(server):
                 conns.append(conn)
         if conns:  # now herd closes its copies
             send({"type": "herd.took", "data": len(conns)})
+        if declined:  # taken ones first: both count the oldest handed over
+            send({"type": "herd.declined", "data": declined})
         for conn in conns:
             try:
                 addr = conn.getpeername()

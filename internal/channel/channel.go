@@ -9,7 +9,9 @@
 // channel is quiet, so a message sent after a pause, or after a message
 // arrived (an answer), is written at once by its sender, with one
 // non-blocking write and no goroutine to wake; what the socket does not
-// take goes to the queue.
+// take goes to the queue. A few protocol messages that must not wait behind
+// a backlog (SendUrgent) go ahead of the queue, at the next message
+// boundary.
 package channel
 
 import (
@@ -95,6 +97,17 @@ type Conn struct {
 	stalled  bool
 	closed   bool
 	err      error // why the channel closed
+
+	// urgent holds the messages of SendUrgent, which are written ahead of
+	// out at the next message boundary; its first may be partly written.
+	urgent []byte
+	// urgentQueued and urgentDone count the bytes of urgent messages ever
+	// queued and ever written: a sender waits for its own to be written.
+	urgentQueued, urgentDone uint64
+	// midOut: the socket's stream ends inside a message of out (a
+	// sender's write left the rest of it at the front of out), which must
+	// be finished before an urgent message can go.
+	midOut bool
 
 	wake       chan struct{} // capacity 1: out has bytes
 	writerDone chan struct{}
@@ -207,6 +220,118 @@ func (c *Conn) Relay(m ipc.Message) error {
 			c.stalled = true
 			c.mu.Unlock()
 			return ErrStalled
+		}
+	}
+}
+
+// SendUrgent writes m ahead of the messages queued and not yet written,
+// at the next message boundary, and waits until the socket has taken it,
+// the channel is closed, or ctx ends. It waits behind at most the write at
+// hand and the rest of the message in it, never behind the queue. It is
+// for the small protocol messages that must not be dropped nor wait
+// behind a backlog (the worker's herd.took): it never fails for want of
+// room, so its callers bound what they send. Urgent messages keep their
+// order among themselves.
+func (c *Conn) SendUrgent(ctx context.Context, m ipc.Message) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	before := len(c.urgent)
+	u, err := ipc.Append(c.urgent, m)
+	if err != nil {
+		c.urgent = u[:before]
+		c.mu.Unlock()
+		return err
+	}
+	if n := len(u) - before - 1; n > c.max {
+		c.urgent = u[:before]
+		c.mu.Unlock()
+		return fmt.Errorf("%w (%d bytes, limit %d)", ErrTooBig, n, c.max)
+	}
+	c.urgent = u
+	c.urgentQueued += uint64(len(u) - before)
+	target := c.urgentQueued
+	if !c.busy && !c.midOut && c.raw != nil {
+		c.writeUrgentNow()
+	} else {
+		// The writer, or whoever is writing, takes it at the next message
+		// boundary (see writeBatch).
+		c.wakeWriter()
+	}
+	for c.urgentDone < target {
+		if c.closed {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		c.waiting = true
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// writeUrgentNow writes the urgent messages from the sender's goroutine,
+// with a single non-blocking write; what the socket does not take is left
+// for the writer, first. c.mu is held, released during the write, and
+// held again on return.
+func (c *Conn) writeUrgentNow() {
+	buf := c.urgent
+	c.urgent = nil
+	c.busy = true
+	c.mu.Unlock()
+
+	n := 0
+	c.raw.Write(func(fd uintptr) bool {
+		for {
+			m, err := syscall.Write(int(fd), buf)
+			if err == syscall.EINTR {
+				continue
+			}
+			n = max(m, 0)
+			return true // never wait: the writer does that
+		}
+	})
+
+	c.mu.Lock()
+	c.busy = false
+	c.urgentDone += uint64(n)
+	if n < len(buf) {
+		c.urgent = append(buf[n:], c.urgent...)
+	}
+	if len(c.urgent) > 0 || len(c.out) > 0 {
+		c.wakeWriter()
+	}
+	c.freed()
+}
+
+// writeUrgent writes the urgent messages, those queued meanwhile too,
+// from the writer (c.busy is the writer's; the stream is at a message
+// boundary, or inside an urgent message partly written).
+func (c *Conn) writeUrgent() error {
+	for {
+		c.mu.Lock()
+		u := c.urgent
+		c.urgent = nil
+		c.mu.Unlock()
+		if len(u) == 0 {
+			return nil
+		}
+		n, err := c.conn.Write(u)
+		c.mu.Lock()
+		c.urgentDone += uint64(max(n, 0))
+		c.freed()
+		c.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -353,7 +478,7 @@ func (c *Conn) put(m *ipc.Message, line []byte, fd int, relay bool, maxQueued in
 	now := time.Since(c.epoch)
 	quiet := now-c.lastSend > directGap || c.reads.Load() != c.readsSeen
 	c.lastSend = now
-	if before == 0 && quiet && !c.busy && c.raw != nil {
+	if before == 0 && quiet && !c.busy && len(c.urgent) == 0 && c.raw != nil {
 		c.writeNow() // unlocks
 		return nil, nil
 	}
@@ -395,6 +520,7 @@ func (c *Conn) writeNow() {
 
 	c.mu.Lock()
 	c.busy, c.inflight = false, 0
+	c.midOut = n > 0 && buf[n-1] != '\n'
 	// The gap that makes the next message go straight out counts from the
 	// end of this write: a write can take longer than the gap, and then
 	// every message of a stream would look like the first after a pause.
@@ -411,7 +537,7 @@ func (c *Conn) writeNow() {
 		c.out = append(append(make([]byte, 0, len(rest)+len(c.out)), rest...), c.out...)
 	}
 	c.spare = buf[:0]
-	if len(c.out) > 0 {
+	if len(c.out) > 0 || len(c.urgent) > 0 {
 		c.wakeWriter()
 	}
 	c.freed()
@@ -443,7 +569,7 @@ func (c *Conn) writeLoop() {
 			c.mu.Unlock()
 			return
 		}
-		if c.busy || len(c.out) == 0 {
+		if c.busy || len(c.out) == 0 && len(c.urgent) == 0 {
 			// A sender is writing; it wakes the writer if it leaves bytes.
 			c.mu.Unlock()
 			continue
@@ -453,13 +579,15 @@ func (c *Conn) writeLoop() {
 		c.marks = nil
 		c.busy, c.inflight = true, len(buf)
 		c.readsSeen = c.reads.Load()
+		mid, urgent := c.midOut, len(c.urgent) > 0
 		c.mu.Unlock()
 
-		werr := c.writeBatch(buf, marks)
+		werr := c.writeBatch(buf, marks, mid, urgent)
 		c.mu.Lock()
 		c.busy = false
+		c.midOut = false // all of buf is written (or the channel is done)
 		c.spare = buf[:0:cap(buf)]
-		if len(c.out) > 0 {
+		if len(c.out) > 0 || len(c.urgent) > 0 {
 			c.wakeWriter()
 		}
 		c.mu.Unlock()
@@ -472,22 +600,50 @@ func (c *Conn) writeLoop() {
 
 // writeBatch writes buf, sending the descriptors of marks with the first
 // byte of their messages (several at a time), and frees room as it goes.
-func (c *Conn) writeBatch(buf []byte, marks []fdMark) error {
+// Urgent messages go in between, at the first message boundary after they
+// were queued: mid says the stream begins inside a message of buf (its
+// first bytes are the rest of it), urgent that some are waiting already.
+func (c *Conn) writeBatch(buf []byte, marks []fdMark, mid, urgent bool) error {
 	pos := 0
 	written := func(n int) {
 		pos += n
 		c.mu.Lock()
 		c.inflight = len(buf) - pos
 		c.freed()
+		urgent = len(c.urgent) > 0
 		c.mu.Unlock()
 	}
-	for pos < len(buf) {
+	for {
+		if urgent && !mid {
+			if err := c.writeUrgent(); err != nil {
+				return err
+			}
+			urgent = false
+		}
+		if pos >= len(buf) {
+			return nil
+		}
 		end := len(buf)
-		if len(marks) > 0 && marks[0].off == pos {
-			k := min(len(marks), c.fdsPerWrite)
-			if k < len(marks) {
+		fds := len(marks) > 0 && marks[0].off == pos
+		if fds {
+			if k := min(len(marks), c.fdsPerWrite); k < len(marks) {
 				end = marks[k].off
 			}
+		} else {
+			if len(marks) > 0 {
+				end = marks[0].off
+			}
+			end = min(end, pos+writeChunk)
+		}
+		if urgent {
+			// Only to the end of the message at hand: the urgent ones
+			// go next. (Descriptors may come before their messages.)
+			if i := bytes.IndexByte(buf[pos:end], '\n'); i >= 0 {
+				end = pos + i + 1
+			}
+		}
+		if fds {
+			k := min(len(marks), c.fdsPerWrite)
 			uc, ok := c.conn.(*net.UnixConn)
 			if !ok {
 				return errors.New("descriptors can only be passed on a Unix socket")
@@ -504,18 +660,14 @@ func (c *Conn) writeBatch(buf []byte, marks []fdMark) error {
 				}
 				written(end - pos)
 			}
-			continue
+		} else {
+			if _, err := c.conn.Write(buf[pos:end]); err != nil {
+				return err
+			}
+			written(end - pos)
 		}
-		if len(marks) > 0 {
-			end = marks[0].off
-		}
-		end = min(end, pos+writeChunk)
-		if _, err := c.conn.Write(buf[pos:end]); err != nil {
-			return err
-		}
-		written(end - pos)
+		mid = buf[pos-1] != '\n'
 	}
-	return nil
 }
 
 // freed wakes senders waiting for room and clears a stall once the queue
@@ -539,7 +691,7 @@ func (c *Conn) shut(err error) {
 		return
 	}
 	c.closed, c.err = true, err
-	c.out, c.marks = nil, nil
+	c.out, c.marks, c.urgent = nil, nil, nil
 	close(c.room)
 	c.room = make(chan struct{})
 	select {
@@ -561,7 +713,7 @@ func (c *Conn) Flush(ctx context.Context) error {
 			}
 			return err
 		}
-		if len(c.out)+c.inflight == 0 {
+		if len(c.out)+c.inflight == 0 && c.urgentDone == c.urgentQueued {
 			c.mu.Unlock()
 			return nil
 		}

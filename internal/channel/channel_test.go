@@ -3,6 +3,7 @@ package channel
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -343,3 +344,215 @@ func (c *fdCollector) Message(m ipc.Message) {
 }
 
 func (c *fdCollector) Bad(error) {}
+
+// SendUrgent goes ahead of a full queue: it waits only for the write at
+// hand (and the rest of its message), never fails for want of room, and
+// returns once its message is in the socket.
+func TestSendUrgentGoesAheadOfTheQueue(t *testing.T) {
+	ch, peer := pair(t, 0)
+	ch.raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 32<<10) })
+	big := ipc.Message{Type: "fill", Data: []byte(`"` + strings.Repeat("x", 64<<10) + `"`)}
+	queued := 0
+	for _, m := range []ipc.Message{big, {Type: "fill"}} { // full to the byte
+		for ch.TrySend(m) == nil {
+			queued++
+		}
+	}
+	if err := ch.TrySend(ipc.Message{Type: ipc.TypeTook}); !errors.Is(err, ErrFull) {
+		t.Fatalf("TrySend on a full queue: %v", err)
+	}
+	sent := make(chan error, 1)
+	go func() { sent <- ch.SendUrgent(context.Background(), ipc.Message{Type: ipc.TypeTook}) }()
+	select {
+	case err := <-sent:
+		t.Fatalf("SendUrgent returned %v while the peer read nothing of a full socket", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	rd := bufio.NewReaderSize(peer, 1<<20)
+	before, fills := 0, 0
+	for {
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the urgent message never came (%d bytes read): %v", before, err)
+		}
+		if line == `{"type":"herd.took"}`+"\n" {
+			break
+		}
+		before += len(line)
+		fills++
+	}
+	if before > 600<<10 {
+		t.Errorf("the urgent message came after %d bytes of the queue", before)
+	}
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SendUrgent did not return once its message was read")
+	}
+	for fills < queued { // the rest, whole and in order
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %d of %d messages: %v", fills, queued, err)
+		}
+		if !strings.HasPrefix(line, `{"type":"fill"`) {
+			t.Fatalf("message %d is %.60q", fills, line)
+		}
+		fills++
+	}
+}
+
+// Urgent messages go in between the others only at message boundaries:
+// with senders of every kind at once (Send of all sizes, SendConn with
+// descriptors, SendUrgent) and a slow reader, every line arrives whole, in
+// its sender's order, each descriptor no later than its message.
+func TestUrgentMessagesKeepTheStreamWhole(t *testing.T) {
+	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	var ends [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		ends[i], _ = net.FileConn(f)
+		f.Close()
+	}
+	tx := New(ends[0], 0)
+	rx := New(ends[1], 0)
+	rx.acceptFDs = true
+	defer tx.Close()
+	defer rx.Close()
+	tx.raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 32<<10) })
+
+	const plain, urgent, conns = 1000, 300, 150
+	var files []*os.File
+	for i := range conns {
+		f, err := os.CreateTemp(t.TempDir(), "fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fmt.Fprintf(f, "%d", i)
+		files = append(files, f)
+	}
+	got := &streamCheck{rx: rx, done: make(chan struct{}), want: plain + urgent + conns}
+	go rx.ReadLoop(nil, got)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range plain {
+			pad := strings.Repeat("p", (i*7919)%(32<<10))
+			tx.Send(context.Background(), ipc.Message{Type: "p", Data: []byte(fmt.Sprintf(`[%d,"%s"]`, i, pad))})
+		}
+	})
+	wg.Go(func() {
+		for i := range urgent {
+			if err := tx.SendUrgent(context.Background(), ipc.Message{Type: "u", Data: []byte(fmt.Sprint(i))}); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%10 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+	wg.Go(func() {
+		for i, f := range files {
+			line := fmt.Sprintf(`{"type":"herd.conn","listener":"%d"}`+"\n", i)
+			for tx.SendConn([]byte(line), int(f.Fd()), 1<<20) != nil {
+				time.Sleep(time.Millisecond)
+			}
+			if i%5 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+	wg.Wait()
+	deadline := time.After(30 * time.Second)
+	for {
+		if bad := got.errs(); len(bad) > 0 {
+			t.Fatalf("%d lines are wrong, the first: %v", len(bad), bad[0])
+		}
+		select {
+		case <-got.done:
+			return
+		case <-deadline:
+			t.Fatalf("received %d messages of %d", got.count(), got.want)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// streamCheck checks each sender's order and each herd.conn's descriptor.
+type streamCheck struct {
+	rx   *Conn
+	want int
+	done chan struct{}
+
+	mu      sync.Mutex
+	n       int
+	p, u, c int // the next of each sender
+	bad     []error
+}
+
+func (s *streamCheck) errs() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]error(nil), s.bad...)
+}
+
+func (s *streamCheck) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+func (s *streamCheck) Message(m ipc.Message) {
+	if s.n%200 == 0 {
+		time.Sleep(2 * time.Millisecond) // a slow reader: the queue backs up
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err error
+	switch m.Type {
+	case "p":
+		var v []any
+		if json.Unmarshal(m.Data, &v) != nil || len(v) != 2 || v[0] != float64(s.p) {
+			err = fmt.Errorf("plain message %.40s, want number %d", m.Data, s.p)
+		}
+		s.p++
+	case "u":
+		if string(m.Data) != fmt.Sprint(s.u) {
+			err = fmt.Errorf("urgent message %s, want %d", m.Data, s.u)
+		}
+		s.u++
+	case ipc.TypeConn:
+		fd, ok := s.rx.TakeFD()
+		content := "missing"
+		if ok {
+			f := os.NewFile(uintptr(fd), "got")
+			b := make([]byte, 16)
+			n, _ := f.ReadAt(b, 0)
+			content = string(b[:n])
+			f.Close()
+		}
+		if m.Listener != fmt.Sprint(s.c) || content != m.Listener {
+			err = fmt.Errorf("connection %s (want %d) carries descriptor %s", m.Listener, s.c, content)
+		}
+		s.c++
+	default:
+		err = fmt.Errorf("unexpected message %+v", m)
+	}
+	if err != nil {
+		s.bad = append(s.bad, err)
+	}
+	s.n++
+	if s.n == s.want {
+		close(s.done)
+	}
+}
+
+func (s *streamCheck) Bad(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bad = append(s.bad, err)
+}

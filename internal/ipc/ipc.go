@@ -47,6 +47,7 @@ const (
 	TypeMessage   = "herd.message"   // primary → worker: a relayed message, with "from"
 	TypeConn      = "herd.conn"      // primary → worker: a connection (its fd attached), with "listener"
 	TypeTook      = "herd.took"      // worker → primary: data connections received
+	TypeDeclined  = "herd.declined"  // worker → primary: data connections left to others
 	TypeClosed    = "herd.closed"    // worker → primary: data handed connections closed
 	TypeTask      = "herd.task"      // primary → worker: task data, with "id"
 	TypeResult    = "herd.result"    // worker → primary: the result data of task "id"
