@@ -351,6 +351,12 @@ func TestProxyPolicyLeastConn(t *testing.T) {
 		t.Fatalf("status: %+v; want 2 connections to pid %d and none to pid %d", status(t, ctl).Workers, busy.pid, idle.pid)
 	}
 	for i := range 20 {
+		// The last request's connection is counted until the proxy has
+		// seen both of its ends close: with two of them still closing,
+		// the idle worker would tie with the busy one.
+		if !herdtest.Eventually(10*time.Second, func() bool { return conns(idle.pid) == 0 }) {
+			t.Fatalf("request %d: the idle worker's connections did not end: %+v", i, status(t, ctl).Workers)
+		}
 		if port := fromPort(t, nil, addr); port != idle.port {
 			t.Fatalf("request %d went to port %s, want the idle worker's %s (the other holds 2 connections)", i, port, idle.port)
 		}
