@@ -398,8 +398,9 @@ func (h *handover) checkTakes() {
 // for one that says nothing, and waits as long as the hung-worker check
 // does, since a worker that did take one but was held up before saying so
 // must not share its client with another. p is not killed for it: it may
-// be finishing requests. A herd.took that p sends later finds nothing to
-// count.
+// be finishing requests. A herd.took that p would still send for one of
+// them would count the next connection it holds instead (herd.took counts
+// the oldest): a worker silent for takeWithin is not expected to.
 func (h *handover) takeBack(p *process, now time.Time) {
 	p.handoff.mu.Lock()
 	u := p.handoff.unacked
