@@ -39,14 +39,11 @@ func handoffCluster(t *testing.T, mode herd.Balance, workers int) (*herd.Supervi
 // returns the answering worker.
 func askFrom(t *testing.T, local *net.TCPAddr, addr string) herdtest.Reply {
 	t.Helper()
-	d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", addr)
+	body, err := herdtest.AskFrom(local, addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("request from %v: %v", local, err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	r, err := roundTrip(c, bufio.NewReader(c), true)
+	r, err := herdtest.ParseReply(body)
 	if err != nil {
 		t.Fatalf("request from %v: %v", local, err)
 	}
@@ -54,23 +51,11 @@ func askFrom(t *testing.T, local *net.TCPAddr, addr string) herdtest.Reply {
 }
 
 func roundTrip(c net.Conn, br *bufio.Reader, close bool) (herdtest.Reply, error) {
-	req := "GET / HTTP/1.1\r\nHost: herd\r\n"
-	if close {
-		req += "Connection: close\r\n"
-	}
-	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
-		return herdtest.Reply{}, err
-	}
-	resp, err := http.ReadResponse(br, nil)
+	body, err := herdtest.Ask(c, br, close)
 	if err != nil {
 		return herdtest.Reply{}, err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return herdtest.Reply{}, err
-	}
-	return herdtest.ParseReply(string(b))
+	return herdtest.ParseReply(body)
 }
 
 func TestRoundRobinHandsOverInTurn(t *testing.T) {
@@ -409,7 +394,7 @@ func TestHandoffToAStoppingWorkerGoesToAnother(t *testing.T) {
 		}
 		done := make(chan answer, 1)
 		go func() {
-			body, err := hello(addr)
+			body, err := herdtest.AskFrom(nil, addr)
 			done <- answer{body, err, time.Now()}
 		}()
 		select {
@@ -457,24 +442,4 @@ func TestHandoffToAStoppingWorkerGoesToAnother(t *testing.T) {
 		t.Errorf("the stopping worker %d did not exit", old)
 	}
 	stop()
-}
-
-// hello makes one request on a new connection and returns the body.
-func hello(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n"); err != nil {
-		return "", err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), err
 }

@@ -57,6 +57,19 @@ func (e *events) count(kind herd.EventKind) int {
 	return n
 }
 
+// failedExits returns the exits of workers that did not exit 0.
+func (e *events) failedExits() []herd.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []herd.Event
+	for _, ev := range e.all {
+		if ev.Kind == herd.EventExited && ev.Code != 0 {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
 func (e *events) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	if !herdtest.Eventually(20*time.Second, cond) {
@@ -355,12 +368,8 @@ func TestNodeAndPythonWorkersSpeakTheProtocol(t *testing.T) {
 			if took := time.Since(begin); took > 5*time.Second {
 				t.Errorf("stop took %v", took)
 			}
-			ev.mu.Lock()
-			defer ev.mu.Unlock()
-			for _, e := range ev.all {
-				if e.Kind == herd.EventExited && e.Code != 0 {
-					t.Errorf("worker %d ended with %s, want exit 0 after herd.shutdown", e.Worker, e.Status)
-				}
+			for _, e := range ev.failedExits() {
+				t.Errorf("worker %d ended with %s, want exit 0 after herd.shutdown", e.Worker, e.Status)
 			}
 		})
 	}

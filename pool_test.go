@@ -265,14 +265,9 @@ func gated(t *testing.T) (any, string) {
 	return map[string]string{"gate": gate}, gate
 }
 
-// Unordered: a slow task holds up no result but those queued behind it on
-// its own worker. Task 0 gives nothing until the test opens its gate,
-// which it does only once every result that can come has come.
-func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
-	const n, inflight = 200, 4
-	p := newPool(t, herd.PoolOptions{Unordered: true, Inflight: inflight})
-	gate, file := gated(t)
-	tasks := func(yield func(any) bool) {
+// gatedFirst is the gated task, then the numbers 0 to n-1.
+func gatedFirst(gate any, n int) iter.Seq[any] {
+	return func(yield func(any) bool) {
 		if !yield(gate) {
 			return
 		}
@@ -282,12 +277,21 @@ func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Unordered: a slow task holds up no result but those queued behind it on
+// its own worker. Task 0 gives nothing until the test opens its gate,
+// which it does only once every result that can come has come.
+func TestPoolUnorderedDoesNotWaitForASlowTask(t *testing.T) {
+	const n, inflight = 200, 4
+	p := newPool(t, herd.PoolOptions{Unordered: true, Inflight: inflight})
+	gate, file := gated(t)
 	// A pool that kept task order would wait for task 0 for ever: open
 	// the gate anyway after a while, and fail below.
 	timer := time.AfterFunc(30*time.Second, func() { herdtest.OpenGate(file) })
 	defer timer.Stop()
 	var got []string
-	for v, err := range p.Map(context.Background(), tasks) {
+	for v, err := range p.Map(context.Background(), gatedFirst(gate, n)) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,16 +323,6 @@ func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	p := newPool(t, herd.PoolOptions{Options: herd.Options{Env: append(os.Environ(), "TEST_LOG="+log)}, Inflight: inflight})
 	gate, file := gated(t)
-	tasks := func(yield func(any) bool) {
-		if !yield(gate) {
-			return
-		}
-		for i := range n {
-			if !yield(i) {
-				return
-			}
-		}
-	}
 	var opened atomic.Bool
 	done := make(chan struct{})
 	defer func() { herdtest.OpenGate(file); <-done }()
@@ -342,7 +336,7 @@ func TestPoolOrderedWaitsForASlowTask(t *testing.T) {
 		herdtest.OpenGate(file)
 	}()
 	var got []string
-	for v, err := range p.Map(context.Background(), tasks) {
+	for v, err := range p.Map(context.Background(), gatedFirst(gate, n)) {
 		if err != nil {
 			t.Fatal(err)
 		}

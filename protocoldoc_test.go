@@ -105,11 +105,7 @@ func TestProtocolDocConversation(t *testing.T) {
 	if hits := ev.messages("hits")[0]; len(hits) != 1 || string(hits[0]) != `{"n":3}` {
 		t.Errorf("the primary's handler got hits %q from worker 0, want one with {\"n\":3}", hits)
 	}
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	for _, e := range ev.all {
-		if e.Kind == herd.EventExited && e.Code != 0 {
-			t.Errorf("worker %d ended with %s, want exit 0 on herd.shutdown", e.Worker, e.Status)
-		}
+	for _, e := range ev.failedExits() {
+		t.Errorf("worker %d ended with %s, want exit 0 on herd.shutdown", e.Worker, e.Status)
 	}
 }

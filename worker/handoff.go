@@ -251,10 +251,7 @@ func (w *Worker) passConns() {
 	if w.hand.taking == 0 {
 		return
 	}
-	m := ipc.Message{Type: ipc.TypeTook}
-	if w.hand.taking > 1 {
-		m.Data = strconv.AppendInt(nil, int64(w.hand.taking), 10)
-	}
+	m := countMessage(ipc.TypeTook, w.hand.taking)
 	w.hand.taking = 0
 	// It fails only once the channel is closed: the primary is gone (and
 	// no other worker will get these connections), or this worker is
@@ -280,14 +277,21 @@ func (w *Worker) declineConns() {
 	if w.hand.declining == 0 {
 		return
 	}
-	m := ipc.Message{Type: ipc.TypeDeclined}
-	if w.hand.declining > 1 {
-		m.Data = strconv.AppendInt(nil, int64(w.hand.declining), 10)
-	}
+	m := countMessage(ipc.TypeDeclined, w.hand.declining)
 	w.hand.declining = 0
 	// Lost only with the channel: the primary is gone, or gives what this
 	// worker held to the others when it exits.
 	w.ch.SendUrgent(context.Background(), m)
+}
+
+// countMessage is a herd.took or herd.declined for n connections: its
+// data is the count, left out for one.
+func countMessage(typ string, n int) ipc.Message {
+	m := ipc.Message{Type: typ}
+	if n > 1 {
+		m.Data = strconv.AppendInt(nil, int64(n), 10)
+	}
+	return m
 }
 
 // reportClosed says a handed connection ended; reports that cannot go out

@@ -1,17 +1,14 @@
 package worker_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herd-sh/herd"
-	"github.com/herd-sh/herd/internal/herdtest"
 )
 
 // A worker whose channel is full of its own messages (Send as fast as the
@@ -20,22 +17,15 @@ import (
 // count of what the worker took does not go one off, every client is
 // answered at once, and the worker is not killed as hung.
 func TestHandoffSurvivesAFloodOfWorkerMessages(t *testing.T) {
-	var log herdtest.SyncBuffer
-	ready := make(chan struct{})
-	var readyOnce sync.Once
 	var floods, exits atomic.Int64
-	sup, err := herd.New(herd.Options{
+	sup := runUntilReady(t, herd.Options{
 		Command: []string{os.Args[0]},
 		Env:     append(os.Environ(), roleEnv+"=flood"),
 		Workers: 1,
 		Listen:  []string{"127.0.0.1:0"},
 		Balance: herd.BalanceRoundRobin,
-		Stdout:  &log,
-		Stderr:  &log,
 		OnEvent: func(ev herd.Event) {
 			switch ev.Kind {
-			case herd.EventReady:
-				readyOnce.Do(func() { close(ready) })
 			case herd.EventMessage:
 				if ev.Message.Type == "flood" {
 					floods.Add(1)
@@ -48,26 +38,6 @@ func TestHandoffSurvivesAFloodOfWorkerMessages(t *testing.T) {
 			}
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sup.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("supervisor log:\n%s", log.String())
-		}
-	}()
-	select {
-	case <-ready:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the worker did not get ready")
-	}
 	url := "http://" + sup.Listeners()[0].Addr.String() + "/"
 	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	const requests = 40

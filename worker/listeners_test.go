@@ -19,41 +19,32 @@ import (
 	"github.com/herd-sh/herd/internal/herdtest"
 )
 
-// A worker given two named listeners (herd run -l a=... -l b=...) finds
-// each by its name: a connection to a's address reaches what the worker
-// serves on Listener("a"), and b's on Listener("b").
-func TestListenersByName(t *testing.T) {
+// runUntilReady runs a supervisor for opts until the test ends, and
+// returns it once a worker is ready. opts.OnEvent sees every event; what
+// the workers print is shown if the test fails.
+func runUntilReady(t *testing.T, opts herd.Options) *herd.Supervisor {
+	t.Helper()
 	var log herdtest.SyncBuffer
+	opts.Stdout, opts.Stderr = &log, &log
 	ready := make(chan struct{})
 	var readyOnce sync.Once
-	report := make(chan json.RawMessage, 1)
-	sup, err := herd.New(herd.Options{
-		Command: []string{os.Args[0]},
-		Env:     append(os.Environ(), roleEnv+"=names"),
-		Workers: 1,
-		// b first: names, not positions, must decide.
-		Listen: []string{"b=127.0.0.1:0", "a=127.0.0.1:0"},
-		Stdout: &log,
-		Stderr: &log,
-		OnEvent: func(ev herd.Event) {
-			switch {
-			case ev.Kind == herd.EventReady:
-				readyOnce.Do(func() { close(ready) })
-			case ev.Kind == herd.EventMessage && ev.Message.Type == "listeners":
-				select {
-				case report <- ev.Message.Data:
-				default: // a restarted worker's: the first is the one checked
-				}
-			}
-		},
-	})
+	onEvent := opts.OnEvent
+	opts.OnEvent = func(ev herd.Event) {
+		if ev.Kind == herd.EventReady {
+			readyOnce.Do(func() { close(ready) })
+		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
+	}
+	sup, err := herd.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
@@ -61,12 +52,35 @@ func TestListenersByName(t *testing.T) {
 		if t.Failed() {
 			t.Logf("supervisor log:\n%s", log.String())
 		}
-	}()
+	})
 	select {
 	case <-ready:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the worker did not get ready")
 	}
+	return sup
+}
+
+// A worker given two named listeners (herd run -l a=... -l b=...) finds
+// each by its name: a connection to a's address reaches what the worker
+// serves on Listener("a"), and b's on Listener("b").
+func TestListenersByName(t *testing.T) {
+	report := make(chan json.RawMessage, 1)
+	sup := runUntilReady(t, herd.Options{
+		Command: []string{os.Args[0]},
+		Env:     append(os.Environ(), roleEnv+"=names"),
+		Workers: 1,
+		// b first: names, not positions, must decide.
+		Listen: []string{"b=127.0.0.1:0", "a=127.0.0.1:0"},
+		OnEvent: func(ev herd.Event) {
+			if ev.Kind == herd.EventMessage && ev.Message.Type == "listeners" {
+				select {
+				case report <- ev.Message.Data:
+				default: // a restarted worker's: the first is the one checked
+				}
+			}
+		},
+	})
 
 	addr := map[string]string{}
 	var order []string

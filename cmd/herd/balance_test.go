@@ -225,14 +225,11 @@ func TestStickyUnixClientsGoRoundRobin(t *testing.T) {
 // to a proxy of portWorkers, and returns the worker port that answered.
 func fromPort(t *testing.T, local *net.TCPAddr, addr string) string {
 	t.Helper()
-	d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", addr)
+	body, err := herdtest.AskFrom(local, addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("request from %v: %v", local, err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	port, _, err := askPort(c, bufio.NewReader(c), true)
+	port, _, err := parsePort(body)
 	if err != nil {
 		t.Fatalf("request from %v: %v", local, err)
 	}
@@ -242,24 +239,17 @@ func fromPort(t *testing.T, local *net.TCPAddr, addr string) string {
 // askPort sends one request on c and returns the port and pid of the
 // portWorker that answered.
 func askPort(c net.Conn, br *bufio.Reader, close bool) (port string, pid int, err error) {
-	req := "GET / HTTP/1.1\r\nHost: herd\r\n"
-	if close {
-		req += "Connection: close\r\n"
-	}
-	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
-		return "", 0, err
-	}
-	resp, err := http.ReadResponse(br, nil)
+	body, err := herdtest.Ask(c, br, close)
 	if err != nil {
 		return "", 0, err
 	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return "", 0, err
-	}
-	if _, err := fmt.Sscanf(string(b), "hello from port %s pid %d", &port, &pid); err != nil {
-		return "", 0, fmt.Errorf("answer %q: %w", b, err)
+	return parsePort(body)
+}
+
+// parsePort reads the port and pid from a portWorker's answer.
+func parsePort(body string) (port string, pid int, err error) {
+	if _, err := fmt.Sscanf(body, "hello from port %s pid %d", &port, &pid); err != nil {
+		return "", 0, fmt.Errorf("answer %q: %w", body, err)
 	}
 	return port, pid, nil
 }

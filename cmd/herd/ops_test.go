@@ -83,6 +83,19 @@ func waitWorkers(t *testing.T, ctl string, n int) statusView {
 	return st
 }
 
+// waitReplaced waits until worker 0 is a ready worker other than pid;
+// what names the one replaced, for the failure message.
+func waitReplaced(t *testing.T, ctl string, pid int, what string) {
+	t.Helper()
+	var st statusView
+	if !herdtest.Eventually(20*time.Second, func() bool {
+		st = status(t, ctl)
+		return st.Workers[0].PID != pid && st.Workers[0].Ready
+	}) {
+		t.Fatalf("%s was not replaced: %+v", what, st.Workers)
+	}
+}
+
 func TestStatusFollowsScaling(t *testing.T) {
 	t.Parallel()
 	h := startHerd(t, nil, argv("-w", "2", "-l", "127.0.0.1:0", worker("lib"))...)
@@ -788,13 +801,7 @@ func TestHealthTCP(t *testing.T) {
 	if !strings.Contains(line, "failed 2 health checks in a row") || !strings.Contains(line, "connection refused") {
 		t.Errorf("unhealthy line %q does not say why", line)
 	}
-	var st statusView
-	if !herdtest.Eventually(20*time.Second, func() bool {
-		st = status(t, ctl)
-		return st.Workers[0].PID != healthy && st.Workers[0].Ready
-	}) {
-		t.Fatalf("the worker that stopped accepting was not replaced: %+v", st.Workers)
-	}
+	waitReplaced(t, ctl, healthy, "the worker that stopped accepting")
 	replies(t, "http://"+h.Addr("listen0")+"/", 10, 2)
 }
 
@@ -951,13 +958,7 @@ func TestHealthTimeoutReplacesAWorkerThatHangs(t *testing.T) {
 			t.Errorf("the 2nd and 3rd failed checks came %v after the 1st: not given up at --health-timeout 300ms", span)
 		}
 	}
-	var st statusView
-	if !herdtest.Eventually(20*time.Second, func() bool {
-		st = status(t, ctl)
-		return st.Workers[0].PID != hung && st.Workers[0].Ready
-	}) {
-		t.Fatalf("the worker whose health check hangs was not replaced: %+v", st.Workers)
-	}
+	waitReplaced(t, ctl, hung, "the worker whose health check hangs")
 	if !herdtest.Eventually(10*time.Second, func() bool { return !herdtest.Alive(hung) }) {
 		t.Errorf("the replaced worker %d still runs", hung)
 	}

@@ -265,13 +265,8 @@ func (c *Conn) SendUrgent(ctx context.Context, m ipc.Message) error {
 			c.mu.Unlock()
 			return ErrClosed
 		}
-		c.waiting = true
-		room := c.room
-		c.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return context.Cause(ctx)
+		if err := c.waitForRoom(ctx); err != nil {
+			return err
 		}
 		c.mu.Lock()
 	}
@@ -289,17 +284,7 @@ func (c *Conn) writeUrgentNow() {
 	c.busy = true
 	c.mu.Unlock()
 
-	n := 0
-	c.raw.Write(func(fd uintptr) bool {
-		for {
-			m, err := syscall.Write(int(fd), buf)
-			if err == syscall.EINTR {
-				continue
-			}
-			n = max(m, 0)
-			return true // never wait: the writer does that
-		}
-	})
+	n := c.writeRaw(buf, nil)
 
 	c.mu.Lock()
 	c.busy = false
@@ -500,23 +485,7 @@ func (c *Conn) writeNow() {
 	c.readsSeen = c.reads.Load()
 	c.mu.Unlock()
 
-	n := 0
-	c.raw.Write(func(fd uintptr) bool {
-		for {
-			var m int
-			var err error
-			if len(marks) > 0 {
-				m, err = unix.SendmsgN(int(fd), buf, rights(marks), nil, 0)
-			} else {
-				m, err = syscall.Write(int(fd), buf)
-			}
-			if err == syscall.EINTR {
-				continue
-			}
-			n = max(m, 0)
-			return true // never wait: the writer does that
-		}
-	})
+	n := c.writeRaw(buf, marks)
 
 	c.mu.Lock()
 	c.busy, c.inflight = false, 0
@@ -542,6 +511,30 @@ func (c *Conn) writeNow() {
 	}
 	c.freed()
 	c.mu.Unlock()
+}
+
+// writeRaw makes a single non-blocking write of buf, with the
+// descriptors of marks, from the sender's goroutine, and returns how much
+// the socket took; the rest is the writer's.
+func (c *Conn) writeRaw(buf []byte, marks []fdMark) int {
+	n := 0
+	c.raw.Write(func(fd uintptr) bool {
+		for {
+			var m int
+			var err error
+			if len(marks) > 0 {
+				m, err = unix.SendmsgN(int(fd), buf, rights(marks), nil, 0)
+			} else {
+				m, err = syscall.Write(int(fd), buf)
+			}
+			if err == syscall.EINTR {
+				continue
+			}
+			n = max(m, 0)
+			return true // never wait: the writer does that
+		}
+	})
+	return n
 }
 
 // rights is the SCM_RIGHTS message for marks.
@@ -717,14 +710,23 @@ func (c *Conn) Flush(ctx context.Context) error {
 			c.mu.Unlock()
 			return nil
 		}
-		c.waiting = true
-		room := c.room
-		c.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return context.Cause(ctx)
+		if err := c.waitForRoom(ctx); err != nil {
+			return err
 		}
+	}
+}
+
+// waitForRoom waits until room is freed (or the channel closed), or ctx
+// ends. c.mu is held, and released.
+func (c *Conn) waitForRoom(ctx context.Context) error {
+	c.waiting = true
+	room := c.room
+	c.mu.Unlock()
+	select {
+	case <-room:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
 }
 

@@ -25,11 +25,20 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // end as a plain connection.
 func pair(t *testing.T, max int) (*Conn, net.Conn) {
 	t.Helper()
+	conns := socketPair(t)
+	ch := New(conns[0], max)
+	t.Cleanup(func() { ch.Close(); conns[1].Close() })
+	return ch, conns[1]
+}
+
+// socketPair returns the two ends of a real socket pair.
+func socketPair(t *testing.T) [2]net.Conn {
+	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns := make([]net.Conn, 2)
+	var conns [2]net.Conn
 	for i, fd := range fds {
 		f := os.NewFile(uintptr(fd), "pair")
 		c, err := net.FileConn(f)
@@ -39,9 +48,51 @@ func pair(t *testing.T, max int) (*Conn, net.Conn) {
 		}
 		conns[i] = c
 	}
-	ch := New(conns[0], max)
-	t.Cleanup(func() { ch.Close(); conns[1].Close() })
-	return ch, conns[1]
+	return conns
+}
+
+// fdPair returns channels over both ends of a socket pair: tx sends, rx
+// takes the descriptors that come with the messages.
+func fdPair(t *testing.T) (tx, rx *Conn) {
+	t.Helper()
+	ends := socketPair(t)
+	tx = New(ends[0], 0)
+	rx = New(ends[1], 0)
+	rx.acceptFDs = true
+	t.Cleanup(func() { rx.Close(); tx.Close() })
+	return tx, rx
+}
+
+// numberedFiles returns n temporary files, file i holding the number i,
+// closed when the test ends.
+func numberedFiles(t *testing.T, n int) []*os.File {
+	t.Helper()
+	dir := t.TempDir()
+	files := make([]*os.File, 0, n)
+	for i := range n {
+		f, err := os.CreateTemp(dir, "fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		fmt.Fprintf(f, "%d", i)
+		files = append(files, f)
+	}
+	return files
+}
+
+// takeContent takes rx's oldest descriptor not yet taken (a herd.conn's)
+// and returns what its file holds (numberedFiles), or "missing".
+func takeContent(rx *Conn) string {
+	fd, ok := rx.TakeFD()
+	if !ok {
+		return "missing"
+	}
+	f := os.NewFile(uintptr(fd), "got")
+	defer f.Close()
+	b := make([]byte, 16)
+	n, _ := f.ReadAt(b, 0)
+	return string(b[:n])
 }
 
 type collect struct {
@@ -252,27 +303,9 @@ func (c *countTo) Bad(error) {}
 // Descriptors sent with SendConn arrive in order, each no later than its
 // message, however the writes batch them.
 func TestDescriptorsArriveWithTheirMessages(t *testing.T) {
-	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	var ends [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "pair")
-		ends[i], _ = net.FileConn(f)
-		f.Close()
-	}
-	tx := New(ends[0], 0)
-	rx := New(ends[1], 0)
-	rx.acceptFDs = true
-	defer tx.Close()
-	defer rx.Close()
+	tx, rx := fdPair(t)
 	const n = 300
-	var files []*os.File
-	for i := range n {
-		f, err := os.CreateTemp(t.TempDir(), "fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(f, "%d", i)
-		files = append(files, f)
+	for i, f := range numberedFiles(t, n) {
 		line := fmt.Sprintf(`{"type":"herd.conn","listener":"l%d"}`+"\n", i)
 		for tx.SendConn([]byte(line), int(f.Fd()), 1<<20) != nil {
 			time.Sleep(time.Millisecond)
@@ -292,9 +325,6 @@ func TestDescriptorsArriveWithTheirMessages(t *testing.T) {
 		if name != fmt.Sprint(i) {
 			t.Fatalf("connection %d carries the descriptor of file %s", i, name)
 		}
-	}
-	for _, f := range files {
-		f.Close()
 	}
 }
 
@@ -325,15 +355,7 @@ func (c *fdCollector) Message(m ipc.Message) {
 	if m.Type != ipc.TypeConn {
 		return
 	}
-	fd, ok := c.rx.TakeFD()
-	content := "missing"
-	if ok {
-		f := os.NewFile(uintptr(fd), "got")
-		b := make([]byte, 16)
-		n, _ := f.ReadAt(b, 0)
-		content = string(b[:n])
-		f.Close()
-	}
+	content := takeContent(c.rx)
 	c.done()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -410,31 +432,11 @@ func TestSendUrgentGoesAheadOfTheQueue(t *testing.T) {
 // descriptors, SendUrgent) and a slow reader, every line arrives whole, in
 // its sender's order, each descriptor no later than its message.
 func TestUrgentMessagesKeepTheStreamWhole(t *testing.T) {
-	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	var ends [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "pair")
-		ends[i], _ = net.FileConn(f)
-		f.Close()
-	}
-	tx := New(ends[0], 0)
-	rx := New(ends[1], 0)
-	rx.acceptFDs = true
-	defer tx.Close()
-	defer rx.Close()
+	tx, rx := fdPair(t)
 	tx.raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 32<<10) })
 
 	const plain, urgent, conns = 1000, 300, 150
-	var files []*os.File
-	for i := range conns {
-		f, err := os.CreateTemp(t.TempDir(), "fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		fmt.Fprintf(f, "%d", i)
-		files = append(files, f)
-	}
+	files := numberedFiles(t, conns)
 	got := &streamCheck{rx: rx, done: make(chan struct{}), want: plain + urgent + conns}
 	go rx.ReadLoop(nil, got)
 	var wg sync.WaitGroup
@@ -526,15 +528,7 @@ func (s *streamCheck) Message(m ipc.Message) {
 		}
 		s.u++
 	case ipc.TypeConn:
-		fd, ok := s.rx.TakeFD()
-		content := "missing"
-		if ok {
-			f := os.NewFile(uintptr(fd), "got")
-			b := make([]byte, 16)
-			n, _ := f.ReadAt(b, 0)
-			content = string(b[:n])
-			f.Close()
-		}
+		content := takeContent(s.rx)
 		if m.Listener != fmt.Sprint(s.c) || content != m.Listener {
 			err = fmt.Errorf("connection %s (want %d) carries descriptor %s", m.Listener, s.c, content)
 		}

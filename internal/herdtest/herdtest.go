@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -269,6 +270,42 @@ func Get(c *http.Client, url string) (Reply, error) {
 		return Reply{}, fmt.Errorf("status %s", resp.Status)
 	}
 	return ParseReply(string(b))
+}
+
+// Ask sends GET / on c, with Connection: close if close, and returns the
+// body of the answer, read from br. The tests that use it hold their own
+// connections (keep-alive, a chosen local address).
+func Ask(c net.Conn, br *bufio.Reader, close bool) (string, error) {
+	req := "GET / HTTP/1.1\r\nHost: herd\r\n"
+	if close {
+		req += "Connection: close\r\n"
+	}
+	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// AskFrom makes one request (Ask) on a new connection from local (nil:
+// any address) to addr, and returns the body of the answer.
+func AskFrom(local *net.TCPAddr, addr string) (string, error) {
+	d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return Ask(c, bufio.NewReader(c), true)
 }
 
 // Alive reports whether pid exists and is not a zombie.

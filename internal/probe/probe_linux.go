@@ -130,10 +130,8 @@ func (s *scan) member(pid int) bool {
 // (most servers), then what its threads are blocked in, if it holds one
 // of the sockets still missing (a syscall can only name its own fds).
 func (s *scan) process(pid int) {
-	base := "/proc/" + strconv.Itoa(pid)
-	dir, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		s.note(base, err)
+	base, dir, ok := s.openProc(pid)
+	if !ok {
 		return
 	}
 	defer unix.Close(dir)
@@ -150,6 +148,18 @@ func (s *scan) process(pid int) {
 			return
 		}
 	}
+}
+
+// openProc opens /proc/PID and returns its path and descriptor, for the
+// caller to close; a failure is noted, and ok is false.
+func (s *scan) openProc(pid int) (base string, dir int, ok bool) {
+	base = "/proc/" + strconv.Itoa(pid)
+	dir, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		s.note(base, err)
+		return base, -1, false
+	}
+	return base, dir, true
 }
 
 // fds returns the process's fds that are sockets still missing (fd to

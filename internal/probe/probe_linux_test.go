@@ -71,7 +71,10 @@ func runChild(mode string) {
 			fail(fmt.Errorf("gate: %d bytes, %v", n, err))
 		}
 	}
-	serve := func(fd int) {
+	// serve accepts the connections on fd (net.FileListener: epoll) and
+	// gives each to handle; closeConn closes it at once.
+	closeConn := func(c net.Conn) { c.Close() }
+	serve := func(fd int, handle func(net.Conn)) {
 		l, err := net.FileListener(os.NewFile(uintptr(fd), "socket"))
 		if err != nil {
 			fail(err)
@@ -82,7 +85,7 @@ func runChild(mode string) {
 				if err != nil {
 					fail(err)
 				}
-				c.Close()
+				handle(c)
 			}
 		}()
 	}
@@ -149,29 +152,19 @@ func runChild(mode string) {
 	case "netlisten":
 		step()
 		for _, fd := range socks {
-			serve(fd)
+			serve(fd, closeConn)
 		}
 	case "keep":
 		// Like netlisten, but every connection is held until its client
 		// closes it: TakenBy looks for the accepted socket.
 		step()
 		for _, fd := range socks {
-			l, err := net.FileListener(os.NewFile(uintptr(fd), "socket"))
-			if err != nil {
-				fail(err)
-			}
-			go func() {
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						fail(err)
-					}
-					go func() {
-						io.Copy(io.Discard, c)
-						c.Close()
-					}()
-				}
-			}()
+			serve(fd, func(c net.Conn) {
+				go func() {
+					io.Copy(io.Discard, c)
+					c.Close()
+				}()
+			})
 		}
 	case "accept":
 		step()
@@ -185,7 +178,7 @@ func runChild(mode string) {
 	case "onebyone":
 		for _, fd := range socks {
 			step()
-			serve(fd)
+			serve(fd, closeConn)
 		}
 	case "fork":
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -356,13 +349,12 @@ func threadStates(pid int) string {
 // via reports which test found ino in process pid: "epoll", "threads"
 // (accept, poll, select) or "".
 func via(pid int, ino uint64) string {
-	base := "/proc/" + strconv.Itoa(pid)
-	dir, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	s := newScan(pid, []uint64{ino})
+	base, dir, ok := s.openProc(pid)
+	if !ok {
 		return ""
 	}
 	defer unix.Close(dir)
-	s := newScan(pid, []uint64{ino})
 	held, epolls := s.fds(base, dir)
 	for _, fd := range epolls {
 		s.epoll(base, dir, fd)

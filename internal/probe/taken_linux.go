@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,10 +39,8 @@ func takenBy(ctx context.Context, pgid int, server, client netip.AddrPort) (bool
 
 // holds marks the sockets still missing that process pid has open.
 func (s *scan) holds(pid int) {
-	base := "/proc/" + strconv.Itoa(pid)
-	dir, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		s.note(base, err)
+	base, dir, ok := s.openProc(pid)
+	if !ok {
 		return
 	}
 	defer unix.Close(dir)

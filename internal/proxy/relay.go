@@ -153,15 +153,7 @@ func (s *session) send(b []byte) error {
 		if err != nil && s.writeErr == nil {
 			s.writeErr = err
 		}
-		keeping := s.keeping.Load()
-		if !keeping {
-			s.kept = nil
-		}
-		s.mu.Unlock()
-		if keeping {
-			return nil
-		}
-		return err
+		return s.unlockJudged(err)
 	}
 	s.stopKeeping() // too much to keep: no replay
 	s.mu.Unlock()
@@ -175,6 +167,14 @@ func (s *session) clientEnded() error {
 	s.mu.Lock()
 	s.clientEOF = true
 	err := closeWrite(s.backend())
+	return s.unlockJudged(err)
+}
+
+// unlockJudged lets go of mu, held by the up side after it wrote to the
+// backend (or half-closed it), and returns err, the outcome; while keeping,
+// a failure is the down side's to judge (it may replay) and it returns
+// nil. Once the keeping has ended, what was kept goes.
+func (s *session) unlockJudged(err error) error {
 	keeping := s.keeping.Load()
 	if !keeping {
 		s.kept = nil
