@@ -335,8 +335,10 @@ func (s *Supervisor) Restart(ctx context.Context, id int) error {
 // Reload replaces every worker, Options.ReloadBatch at a time, each as
 // Restart does: no request need fail, since a worker stops only once its
 // replacement serves. If a new worker does not become ready the reload
-// stops there and the workers not yet replaced keep serving. Only one
-// reload runs at a time (ErrBusy).
+// stops there and the workers not yet replaced keep serving (the error
+// matches ErrNotReady). A slot retired by a scale-down meanwhile is
+// skipped; a reload cut short by the cluster's stop fails with
+// ErrStopping. Only one reload runs at a time (ErrBusy).
 func (s *Supervisor) Reload(ctx context.Context) error {
 	if !s.running.Load() {
 		return ErrNotRunning
