@@ -71,6 +71,7 @@ type process struct {
 	ready      bool   // it said or showed it serves
 	asked      bool   // it was asked to stop
 	exited     bool   // reaped
+	dying      bool   // it died: the kernel's early notice, or its leader's exit
 	execErr    error  // the trampoline could not exec the command
 	notReady   error  // why it was killed before it was ready
 	stopTimer  *time.Timer
@@ -282,8 +283,27 @@ func (s *Supervisor) startProcess(sl *slot) (_ *process, err error) {
 	if node {
 		ch.OneFDPerWrite()
 	}
+	s.watchDying(p)
 	go s.waitProcess(p, slot, statusR, outR, errR)
 	return p, nil
+}
+
+// watchDying has the slot told as soon as the kernel begins to tear p's
+// leader down, where the host allows early exit notices (see
+// internal/exits): milliseconds before its exit can be waited for.
+func (s *Supervisor) watchDying(p *process) {
+	if s.exits == nil {
+		return
+	}
+	dying := s.exits.Watch(p.pid)
+	p.sl.watch(p, func() {
+		defer s.exits.Forget(p.pid)
+		select {
+		case <-dying:
+			p.sl.post(procEvent{p: p, kind: evDying})
+		case <-p.gone:
+		}
+	})
 }
 
 // waitProcess reports the exec status, waits for the leader to exit,

@@ -76,6 +76,7 @@ type evKind int
 
 const (
 	evExec      evKind = iota // the trampoline exec'd the command, or failed (err)
+	evDying                   // the kernel began to tear the leader down (early notice)
 	evLeftGroup               // the leader exited; reaping and draining follow
 	evReady                   // the worker is serving
 	evNotReady                // it did not become ready in time (err)
@@ -423,22 +424,17 @@ func (m *machine) event(e procEvent) error {
 		m.sup.emit(p, Event{Kind: EventReady})
 		m.sup.watchHealth(p)
 		if p == m.next {
+			if m.cur != nil && m.cur.dying {
+				// It replaces a worker that died and whose exit is not
+				// handled yet: it takes over then (exited), counted as
+				// the restart it is, not as a reload that drained it.
+				return nil
+			}
 			m.promote()
 			return nil
 		}
 		if p == m.cur {
-			m.publish(func(i *WorkerInfo) { i.State, i.Ready, i.LastError = StateReady, true, "" })
-			if m.backoff.Failures() >= 2 {
-				m.joinAt = time.After(probation)
-			} else {
-				m.sup.setLive(m.id, true)
-			}
-			if m.next == nil {
-				// A replacement asked while the slot had no worker. One
-				// asked while this worker was starting waits for its own
-				// replacement (m.next), which promote completes.
-				m.finish(nil)
-			}
+			m.curReady()
 		}
 
 	case evNotReady:
@@ -463,17 +459,8 @@ func (m *machine) event(e procEvent) error {
 		}
 		m.command(slotCmd{kind: cmdReplace, reason: reason, done: e.done})
 
-	case evLeftGroup:
-		// A worker that died on its own and is to be restarted at once
-		// gets its replacement now, not after its output and channel are
-		// drained: every millisecond here is one its clients wait.
-		if p == m.cur && p.running && !p.asked && !m.stopping && m.next == nil && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {
-			if np, err := m.sup.startProcess(m.slot); err == nil {
-				np.reason = "its worker exited"
-				m.next = np
-				m.publish(func(i *WorkerInfo) { i.NextPID = np.pid })
-			}
-		}
+	case evDying, evLeftGroup:
+		m.died(p)
 
 	case evAskStop:
 		if !p.exited {
@@ -490,6 +477,48 @@ func (m *machine) event(e procEvent) error {
 		return m.exited(p, e.st)
 	}
 	return nil
+}
+
+// curReady completes the slot's worker becoming ready: it gets new
+// connections (after a probation when the slot has been crash-looping)
+// and completes what waited for it.
+func (m *machine) curReady() {
+	m.publish(func(i *WorkerInfo) { i.State, i.Ready, i.LastError = StateReady, true, "" })
+	if m.backoff.Failures() >= 2 {
+		m.joinAt = time.After(probation)
+	} else {
+		m.sup.setLive(m.id, true)
+	}
+	if m.next == nil {
+		// A replacement asked while the slot had no worker. One asked
+		// while this worker was starting waits for its own replacement
+		// (m.next), which promote completes.
+		m.finish(nil)
+	}
+}
+
+// died handles the first sign that p is gone for good: the kernel's early
+// notice (evDying) or its leader's exit (evLeftGroup), whichever comes
+// first. A serving worker that died on its own gets no new connections
+// from here, and, if it is to be restarted at once, its replacement now,
+// not after its exit has been reported and its output and channel
+// drained: every millisecond here is one its clients wait.
+func (m *machine) died(p *process) {
+	if p.dying {
+		return
+	}
+	p.dying = true
+	if p != m.cur || !p.running || p.asked || m.stopping {
+		return
+	}
+	m.sup.setLive(m.id, false)
+	if m.next == nil && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {
+		if np, err := m.sup.startProcess(m.slot); err == nil {
+			np.reason = "its worker exited"
+			m.next = np
+			m.publish(func(i *WorkerInfo) { i.NextPID = np.pid })
+		}
+	}
 }
 
 // promote makes the ready replacement the slot's worker and drains the
@@ -626,6 +655,9 @@ func (m *machine) exited(p *process, st *os.ProcessState) error {
 			i.PID, i.NextPID, i.State, i.Started = m.cur.pid, 0, StateStarting, m.cur.started
 			i.RSS, i.CPU = 0, 0
 		})
+		if m.cur.ready {
+			m.curReady() // it became ready before this exit was handled
+		}
 		return nil
 	}
 	m.sup.emit(p, Event{Kind: EventRestart, Delay: delay})

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/herd-sh/herd/internal/exits"
 	"github.com/herd-sh/herd/internal/logpump"
 	"github.com/herd-sh/herd/internal/proxy"
 	"github.com/herd-sh/herd/internal/reaper"
@@ -75,6 +76,7 @@ type Supervisor struct {
 
 	spawner  *spawner
 	watchdog *reexec.Watchdog
+	exits    *exits.Notifier // nil where early exit notices are not available
 
 	// ownMu guards own, the pids of this supervisor's children, so that
 	// the PID 1 orphan reaper never reaps a worker (see internal/reaper).
@@ -467,6 +469,19 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.log.Warn("watchdog", "err", err)
 		}
 	}()
+
+	if n, err := exits.Open(); err == nil {
+		s.exits = n
+		defer func() {
+			if err := n.Close(); err != nil {
+				s.log.Warn("early exit notices", "err", err)
+			}
+		}()
+	} else {
+		// A crashed worker is replaced once its exit is reported, a few
+		// milliseconds later.
+		s.log.Debug("no early exit notices", "err", err)
+	}
 
 	var reaping sync.WaitGroup
 	reapCtx, stopReaping := context.WithCancel(context.Background())

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,11 +94,21 @@ func firstOr(args []string, def string) string {
 //	TEST_CHILD=setsid   the same in a session (and group) of its own
 //	TEST_SLOW=DUR       each request takes this long
 //	TEST_EXIT_AFTER=DUR exit with status 3 this long after it started serving
+//	TEST_HEAP_MB=N      hold N MiB of touched memory (a process whose
+//	                    teardown at exit takes the kernel a while)
 func serveHTTP() error {
 	id := os.Getenv("HERD_WORKER_ID")
 	if os.Getenv("TEST_CRASH_SLOT") == id {
 		os.Exit(7)
 	}
+	var heap []byte
+	if mb, err := strconv.Atoi(os.Getenv("TEST_HEAP_MB")); err == nil && mb > 0 {
+		heap = make([]byte, mb<<20)
+		for i := 0; i < len(heap); i += 4096 {
+			heap[i] = 1
+		}
+	}
+	defer runtime.KeepAlive(heap)
 	fds, names := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES")
 	// activation.Listeners checks LISTEN_PID == getpid, as systemd
 	// clients do (and then unsets the variables).
