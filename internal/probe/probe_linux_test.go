@@ -833,9 +833,11 @@ func TestParseSyscall(t *testing.T) {
 
 // BenchmarkAccepting measures one call for a group of one Node process:
 // "ready" is answered from the leader alone; "waiting" (the worker holds
-// the socket but does not listen yet) has to walk all of /proc to prove
-// the answer is false. The Watcher cases are the calls of one Watcher
-// polling the same worker, as the primary does while a worker starts.
+// the socket but does not listen yet) looks at every thread of the
+// leader, and Accepting walks all of /proc, to prove the answer is false.
+// The Watcher cases are the calls of one Watcher polling the same worker,
+// as the primary does while a worker starts: it walks /proc on one call
+// in walkEvery.
 func BenchmarkAccepting(b *testing.B) {
 	if _, err := exec.LookPath("node"); err != nil {
 		b.Skip("node is not installed")
