@@ -54,17 +54,19 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 )
 
-// ErrUnsupported is wrapped by Accepting's error on systems without the
-// /proc files it needs (anything but Linux).
+// ErrUnsupported is wrapped by Accepting's error (and a Watcher's) on
+// systems without the /proc files it needs (anything but Linux).
 var ErrUnsupported = errors.New("probe: not supported on this system")
 
 // Accepting reports whether some process in process group pgid waits for
 // connections on every listening socket whose inode is in inodes (see the
-// package comment for what waiting means). It is cheap enough to poll
-// every few milliseconds: it looks at the group leader first, and stops as
-// soon as every socket is found.
+// package comment for what waiting means). It looks at the group leader
+// first, and stops as soon as every socket is found; when they are not all
+// found, it asks every process on the system whether it is in the group.
+// To ask again and again about one group, a Watcher costs less.
 //
 // With no inodes it reports true without looking. A group that no longer
 // exists is not accepting (false, nil). Processes that exit during the
@@ -72,13 +74,65 @@ var ErrUnsupported = errors.New("probe: not supported on this system")
 // with false, when it may have hidden the answer; the caller can log it
 // and poll again.
 func Accepting(pgid int, inodes []uint64) (bool, error) {
-	if len(inodes) == 0 {
+	w := NewWatcher(pgid, inodes)
+	defer w.Close()
+	return w.Accepting()
+}
+
+// A Watcher answers Accepting's question about one process group, call
+// after call, at a fraction of Accepting's cost: it is meant to be polled
+// every few milliseconds while a worker starts, when the CPU it takes is
+// taken from the worker. Between calls it keeps its buffers, what it
+// learnt about the group, and open fds (until Close) of the /proc files
+// it reads on every call: a few per process of the group, and one per
+// thread of a process whose threads it looks at (up to 64 a process).
+//
+// What counts as accepting is the same, and a true answer is as sure as
+// Accepting's. What it learnt can be out of date, which only makes some
+// rare true answers come a few calls later than Accepting's would: when
+// the waiting process is in the group but was not there on an earlier
+// call and is no child of the main thread of a member (only every few
+// calls does a Watcher look through every process on the system), or when
+// it opened its epoll instance or socket at the number of an fd it closed
+// since the previous call, opening or closing nothing else (every few
+// calls a Watcher reads what every fd is again).
+//
+// A Watcher is not safe for concurrent use.
+type Watcher struct {
+	pgid   int
+	inodes []uint64
+	s      *scan // nil until the first call, and after Close
+}
+
+// NewWatcher returns a Watcher of process group pgid and the listening
+// sockets whose inodes are in inodes. It looks at nothing yet.
+func NewWatcher(pgid int, inodes []uint64) *Watcher {
+	return &Watcher{pgid: pgid, inodes: slices.Clone(inodes)}
+}
+
+// Accepting reports whether the group waits for connections on every
+// socket of the Watcher, with the meaning, the results and the errors of
+// the Accepting function.
+func (w *Watcher) Accepting() (bool, error) {
+	if len(w.inodes) == 0 {
 		return true, nil
 	}
-	if pgid <= 0 {
-		return false, fmt.Errorf("probe: invalid process group %d", pgid)
+	if w.pgid <= 0 {
+		return false, fmt.Errorf("probe: invalid process group %d", w.pgid)
 	}
-	return accepting(pgid, inodes)
+	if w.s == nil {
+		w.s = newScan(w.pgid, w.inodes)
+	}
+	return w.s.accepting()
+}
+
+// Close releases the fds the Watcher keeps open. A Watcher used again
+// after Close starts afresh, as a new one would.
+func (w *Watcher) Close() {
+	if w.s != nil {
+		w.s.close()
+		w.s = nil
+	}
 }
 
 // TakenBy waits, until ctx ends, for a TCP connection the caller made to

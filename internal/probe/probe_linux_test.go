@@ -61,6 +61,12 @@ func childFds() (socks []int, gate, ready int) {
 //	hold       two steps, never accepting
 //	onebyone   one step per socket, listening on it after the step
 //	fork       starts a netlisten child of its own group and waits for it
+//	reuse      at its gate holds /dev/null at some fd; then closes it and
+//	           opens an epoll instance at the same number (and nothing
+//	           else), watching the first socket, and steps again
+//	swap       at its gate holds a listening socket of its own; then
+//	           puts it on the first socket's fd (dup2), blocks in accept
+//	           there, and steps again
 func runChild(mode string) {
 	socks, gate, ready := childFds()
 	step := func() {
@@ -180,6 +186,42 @@ func runChild(mode string) {
 			step()
 			serve(fd, closeConn)
 		}
+	case "reuse":
+		null, err := unix.Open("/dev/null", unix.O_RDONLY, 0)
+		if err != nil {
+			fail(err)
+		}
+		step()
+		unix.Close(null)
+		ep, err := unix.EpollCreate1(0)
+		if err != nil {
+			fail(err)
+		}
+		if ep != null {
+			fail(fmt.Errorf("epoll instance at fd %d, not at %d", ep, null))
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(socks[0])}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, socks[0], &ev); err != nil {
+			fail(err)
+		}
+		step()
+	case "swap":
+		own, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err == nil {
+			err = unix.Bind(own, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		}
+		if err == nil {
+			err = unix.Listen(own, 8)
+		}
+		if err != nil {
+			fail(err)
+		}
+		step()
+		if err := unix.Dup2(own, socks[0]); err != nil {
+			fail(err)
+		}
+		rawAccept(syscall.SYS_ACCEPT4)
+		step()
 	case "fork":
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnv+"=netlisten")
@@ -298,35 +340,74 @@ func listener(tb testing.TB) (*os.File, uint64) {
 	return f, ino
 }
 
-// eventually polls Accepting until it reports true, for up to 10 s.
-func eventually(tb testing.TB, pgid int, inodes ...uint64) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, err := Accepting(pgid, inodes)
-		if ok {
-			if err != nil {
-				tb.Fatalf("Accepting(%d) = true with error %v", pgid, err)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("Accepting(%d, %v) still false after 10 s (error %v); threads: %s", pgid, inodes, err, threadStates(pgid))
-		}
-		time.Sleep(20 * time.Millisecond)
+// asker asks whether a process group is accepting: the Accepting
+// function, or the Accepting method of one Watcher that a test keeps
+// asking, so that what it keeps between calls is put to the test too.
+type asker struct {
+	name string
+	pgid int
+	ask  func() (bool, error)
+}
+
+// function asks the Accepting function.
+func function(pgid int, inodes ...uint64) asker {
+	return asker{
+		name: fmt.Sprintf("Accepting(%d, %v)", pgid, inodes),
+		pgid: pgid,
+		ask:  func() (bool, error) { return Accepting(pgid, inodes) },
 	}
 }
 
-// never checks that Accepting keeps reporting false, without error, for
-// a while.
-func never(tb testing.TB, pgid int, inodes ...uint64) {
+// watcher asks one new Watcher, closed when the test ends.
+func watcher(tb testing.TB, pgid int, inodes ...uint64) asker {
+	w := NewWatcher(pgid, inodes)
+	tb.Cleanup(w.Close)
+	return asker{
+		name: fmt.Sprintf("Watcher(%d, %v).Accepting", pgid, inodes),
+		pgid: pgid,
+		ask:  w.Accepting,
+	}
+}
+
+// askers returns both: the Accepting function, and a Watcher.
+func askers(tb testing.TB, pgid int, inodes ...uint64) []asker {
+	return []asker{function(pgid, inodes...), watcher(tb, pgid, inodes...)}
+}
+
+// eventually polls every asker until each has reported true, for up to
+// 10 s.
+func eventually(tb testing.TB, askers ...asker) {
 	tb.Helper()
-	for range 10 {
-		ok, err := Accepting(pgid, inodes)
-		if ok || err != nil {
-			tb.Fatalf("Accepting(%d, %v) = %v, %v; want false, nil", pgid, inodes, ok, err)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, a := range askers {
+		for {
+			ok, err := a.ask()
+			if ok {
+				if err != nil {
+					tb.Fatalf("%s = true with error %v", a.name, err)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("%s still false after 10 s (error %v); threads: %s", a.name, err, threadStates(a.pgid))
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// never checks that every asker keeps reporting false, without error,
+// for a while: for more calls than a Watcher makes between two walks of
+// /proc or two readings of every fd link.
+func never(tb testing.TB, askers ...asker) {
+	tb.Helper()
+	for range 2*max(walkEvery, relinkEvery) + 1 {
+		for _, a := range askers {
+			if ok, err := a.ask(); ok || err != nil {
+				tb.Fatalf("%s = %v, %v; want false, nil", a.name, ok, err)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -350,19 +431,20 @@ func threadStates(pid int) string {
 // (accept, poll, select) or "".
 func via(pid int, ino uint64) string {
 	s := newScan(pid, []uint64{ino})
-	base, dir, ok := s.openProc(pid)
-	if !ok {
+	defer s.close()
+	s.left[ino] = true
+	p := s.open(pid)
+	if p == nil {
 		return ""
 	}
-	defer unix.Close(dir)
-	held, epolls := s.fds(base, dir)
-	for _, fd := range epolls {
-		s.epoll(base, dir, fd)
+	s.fds(p)
+	for _, fd := range s.epolls {
+		s.epoll(p, fd)
 	}
 	if s.done() {
 		return "epoll"
 	}
-	s.threads(pid, base, dir, held)
+	s.threads(p)
 	if s.done() {
 		return "threads"
 	}
@@ -454,9 +536,10 @@ asyncio.run(main())
 			f, ino := listener(t)
 			c := tc.start(t, f)
 			c.atGate(t)
-			never(t, c.pgid(), ino)
+			a := askers(t, c.pgid(), ino)
+			never(t, a...)
 			c.open(t)
-			eventually(t, c.pgid(), ino)
+			eventually(t, a...)
 			if got := via(c.pgid(), ino); got != tc.via {
 				t.Errorf("found by %q, want %q; threads: %s", got, tc.via, threadStates(c.pgid()))
 			}
@@ -487,11 +570,12 @@ func TestAcceptingExited(t *testing.T) {
 	c := startGo(t, "netlisten", f)
 	c.atGate(t)
 	c.open(t)
-	eventually(t, c.pgid(), ino)
+	a := askers(t, c.pgid(), ino)
+	eventually(t, a...)
 	syscall.Kill(-c.pgid(), syscall.SIGKILL)
 	c.cmd.Wait()
-	never(t, c.pgid(), ino)
-	never(t, 1<<23, ino) // above any pid_max
+	never(t, a...)
+	never(t, askers(t, 1<<23, ino)...) // above any pid_max
 }
 
 // TestAcceptingHoldOnly checks that holding a socket is not accepting.
@@ -501,7 +585,7 @@ func TestAcceptingHoldOnly(t *testing.T) {
 	c.atGate(t)
 	c.open(t)
 	c.atGate(t) // past its first step, holding the socket for good
-	never(t, c.pgid(), ino)
+	never(t, askers(t, c.pgid(), ino)...)
 }
 
 // TestAcceptingAllSockets checks that a worker is accepting only once it
@@ -511,14 +595,16 @@ func TestAcceptingAllSockets(t *testing.T) {
 	f2, ino2 := listener(t)
 	c := startGo(t, "onebyone", f1, f2)
 	c.atGate(t)
-	never(t, c.pgid(), ino1, ino2)
+	both, first, reversed := askers(t, c.pgid(), ino1, ino2), askers(t, c.pgid(), ino1), askers(t, c.pgid(), ino2, ino1)
+	never(t, both...)
 	c.open(t)
 	c.atGate(t) // listening on the first socket only
-	eventually(t, c.pgid(), ino1)
-	never(t, c.pgid(), ino1, ino2)
-	never(t, c.pgid(), ino2, ino1)
+	eventually(t, first...)
+	never(t, both...)
+	never(t, reversed...)
 	c.open(t)
-	eventually(t, c.pgid(), ino1, ino2)
+	eventually(t, both...)
+	eventually(t, reversed...)
 }
 
 // TestAcceptingOtherGroup checks that a process of another group waiting
@@ -531,8 +617,8 @@ func TestAcceptingOtherGroup(t *testing.T) {
 	other.atGate(t)
 	other.open(t)
 	holder.atGate(t)
-	eventually(t, other.pgid(), ino)
-	never(t, holder.pgid(), ino)
+	eventually(t, askers(t, other.pgid(), ino)...)
+	never(t, askers(t, holder.pgid(), ino)...)
 }
 
 // TestAcceptingGroupMember checks that a process of the group other than
@@ -541,11 +627,167 @@ func TestAcceptingGroupMember(t *testing.T) {
 	f, ino := listener(t)
 	c := startGo(t, "fork", f)
 	c.atGate(t)
-	never(t, c.pgid(), ino)
+	a := askers(t, c.pgid(), ino)
+	never(t, a...)
 	c.open(t)
-	eventually(t, c.pgid(), ino)
+	eventually(t, a...)
 	if got := via(c.pgid(), ino); got != "" {
 		t.Errorf("the leader itself is found accepting by %q", got)
+	}
+}
+
+// skipWalk makes w's next call one that does not walk /proc (see
+// walkEvery), as if it were the second.
+func skipWalk(w *Watcher) {
+	w.s = newScan(w.pgid, w.inodes)
+	w.s.calls = 1
+}
+
+// TestWatcherChild checks that a Watcher finds a worker accepting in a
+// child of its leader (sh -c running it without exec) from the leader's
+// children, on a call that does not walk /proc.
+func TestWatcherChild(t *testing.T) {
+	f, ino := listener(t)
+	c := start(t, []*os.File{f}, []string{childEnv + "=netlisten"},
+		"/bin/sh", "-c", `"$0" -test.run='^$'; exit $?`, os.Args[0])
+	c.atGate(t)
+	c.open(t)
+	eventually(t, function(c.pgid(), ino))
+	if got := via(c.pgid(), ino); got != "" {
+		t.Fatalf("sh itself is found accepting by %q", got)
+	}
+	w := NewWatcher(c.pgid(), []uint64{ino})
+	defer w.Close()
+	skipWalk(w)
+	if ok, err := w.Accepting(); !ok || err != nil {
+		t.Errorf("Watcher.Accepting = %v, %v; want true, nil", ok, err)
+	}
+}
+
+// TestWatcherOrphan checks that a Watcher finds a worker accepting in a
+// process of the group that no member has for a child (its parent
+// exited) within walkEvery calls: only the walk of /proc names it.
+func TestWatcherOrphan(t *testing.T) {
+	f, ino := listener(t)
+	c := start(t, []*os.File{f}, []string{childEnv + "=netlisten"},
+		"/bin/sh", "-c", `("$0" -test.run='^$' &); exec sleep 3600`, os.Args[0])
+	c.atGate(t)
+	c.open(t)
+	eventually(t, function(c.pgid(), ino))
+	w := NewWatcher(c.pgid(), []uint64{ino})
+	defer w.Close()
+	skipWalk(w)
+	for call := 1; ; call++ {
+		ok, err := w.Accepting()
+		if ok {
+			t.Logf("found on call %d", call)
+			return
+		}
+		if call == walkEvery {
+			t.Fatalf("Watcher.Accepting still false after %d calls (error %v)", call, err)
+		}
+	}
+}
+
+// TestWatcherReusedFd checks that a Watcher finds, within relinkEvery
+// calls, an epoll instance opened at the number of an fd it had seen
+// another file at, the process having opened or closed nothing else.
+func TestWatcherReusedFd(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "reuse", f)
+	c.atGate(t)
+	w := NewWatcher(c.pgid(), []uint64{ino})
+	defer w.Close()
+	if ok, err := w.Accepting(); ok || err != nil {
+		t.Fatalf("Watcher.Accepting = %v, %v at the gate; want false, nil", ok, err)
+	}
+	c.open(t)
+	c.atGate(t) // /dev/null's fd is an epoll instance now
+	eventually(t, function(c.pgid(), ino))
+	for call := 1; ; call++ {
+		ok, err := w.Accepting()
+		if ok {
+			t.Logf("found on call %d after the change", call)
+			return
+		}
+		if call == relinkEvery {
+			t.Fatalf("Watcher.Accepting still false %d calls after the change (error %v)", call, err)
+		}
+	}
+}
+
+// TestWatcherReplacedSocket checks that a thread blocked in accept on the
+// fd a Watcher saw the socket at does not count once another socket has
+// taken that fd, although the process's fds are the same numbers.
+func TestWatcherReplacedSocket(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "swap", f)
+	c.atGate(t)
+	a := askers(t, c.pgid(), ino)
+	never(t, a...)
+	c.open(t)
+	c.atGate(t)
+	blockedInAccept(t, c.pgid(), 3)
+	never(t, a...)
+}
+
+// blockedInAccept waits until a thread of process pid is blocked in
+// accept or accept4 on fd.
+func blockedInAccept(tb testing.TB, pid, fd int) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		paths, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
+		for _, p := range paths {
+			b, _ := os.ReadFile(p)
+			if nr, args, ok := parseSyscall(b); ok && waitOf(nr) == waitAccept && args[0] == uint64(fd) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no thread of %d blocked in accept on fd %d after 10 s; threads: %s", pid, fd, threadStates(pid))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWatcherClose checks that Close releases the fds a Watcher keeps of
+// the group's processes, and that Accepting keeps none.
+func TestWatcherClose(t *testing.T) {
+	f, ino := listener(t)
+	c := startGo(t, "hold", f)
+	c.atGate(t)
+	c.open(t)
+	c.atGate(t) // holding the socket for good: its threads are looked at too
+	kept := func() int {
+		n := 0
+		dir := fmt.Sprintf("/proc/%d", c.pgid())
+		links, _ := filepath.Glob("/proc/self/fd/*")
+		for _, l := range links {
+			if target, err := os.Readlink(l); err == nil && (target == dir || strings.HasPrefix(target, dir+"/")) {
+				n++
+			}
+		}
+		return n
+	}
+	w := NewWatcher(c.pgid(), []uint64{ino})
+	for range 3 {
+		if ok, err := w.Accepting(); ok || err != nil {
+			t.Fatalf("Watcher.Accepting = %v, %v; want false, nil", ok, err)
+		}
+	}
+	if kept() == 0 {
+		t.Fatalf("the Watcher keeps no fd of the group's processes: this test tests nothing")
+	}
+	w.Close()
+	if n := kept(); n != 0 {
+		t.Errorf("%d fds of the group's processes left open after Close", n)
+	}
+	if ok, err := Accepting(c.pgid(), []uint64{ino}); ok || err != nil {
+		t.Fatalf("Accepting = %v, %v; want false, nil", ok, err)
+	}
+	if n := kept(); n != 0 {
+		t.Errorf("%d fds of the group's processes left open by Accepting", n)
 	}
 }
 
@@ -591,36 +833,54 @@ func TestParseSyscall(t *testing.T) {
 
 // BenchmarkAccepting measures one call for a group of one Node process:
 // "ready" is answered from the leader alone; "waiting" (the worker holds
-// the socket but does not listen yet) has to walk all of /proc to prove
-// the answer is false.
+// the socket but does not listen yet) looks at every thread of the
+// leader, and Accepting walks all of /proc, to prove the answer is false.
+// The Watcher cases are the calls of one Watcher polling the same worker,
+// as the primary does while a worker starts: it walks /proc on one call
+// in walkEvery.
 func BenchmarkAccepting(b *testing.B) {
 	if _, err := exec.LookPath("node"); err != nil {
 		b.Skip("node is not installed")
 	}
-	b.Run("ready", func(b *testing.B) {
-		f, ino := listener(b)
-		c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
-		c.atGate(b)
-		c.open(b)
-		eventually(b, c.pgid(), ino)
-		for b.Loop() {
-			if ok, err := Accepting(c.pgid(), []uint64{ino}); !ok {
-				b.Fatal(err)
+	oneShot := func(pgid int, inodes []uint64) func() (bool, error) {
+		return func() (bool, error) { return Accepting(pgid, inodes) }
+	}
+	watcher := func(pgid int, inodes []uint64) func() (bool, error) {
+		w := NewWatcher(pgid, inodes)
+		b.Cleanup(w.Close)
+		return w.Accepting
+	}
+	for _, poll := range []struct {
+		name string
+		new  func(pgid int, inodes []uint64) func() (bool, error)
+	}{{"Accepting", oneShot}, {"Watcher", watcher}} {
+		b.Run(poll.name+"/ready", func(b *testing.B) {
+			f, ino := listener(b)
+			c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
+			c.atGate(b)
+			c.open(b)
+			eventually(b, function(c.pgid(), ino))
+			accepting := poll.new(c.pgid(), []uint64{ino})
+			for b.Loop() {
+				if ok, err := accepting(); !ok {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
-	b.Run("waiting", func(b *testing.B) {
-		f, ino := listener(b)
-		c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
-		c.atGate(b)
-		for b.Loop() {
-			if ok, err := Accepting(c.pgid(), []uint64{ino}); ok || err != nil {
-				b.Fatal(ok, err)
+		})
+		b.Run(poll.name+"/waiting", func(b *testing.B) {
+			f, ino := listener(b)
+			c := startTool(b, "node", []*os.File{f}, "-e", nodeServer)
+			c.atGate(b)
+			accepting := poll.new(c.pgid(), []uint64{ino})
+			for b.Loop() {
+				if ok, err := accepting(); ok || err != nil {
+					b.Fatal(ok, err)
+				}
 			}
-		}
-		procs, _ := filepath.Glob("/proc/[0-9]*")
-		b.ReportMetric(float64(len(procs)), "procs")
-	})
+			procs, _ := filepath.Glob("/proc/[0-9]*")
+			b.ReportMetric(float64(len(procs)), "procs")
+		})
+	}
 }
 
 // dialTaken connects to the listening socket f and returns the connection

@@ -16,6 +16,11 @@ func TestAcceptingUnsupported(t *testing.T) {
 	if ok || !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Accepting = %v, %v; want false and ErrUnsupported", ok, err)
 	}
+	w := NewWatcher(1, []uint64{1})
+	defer w.Close()
+	if ok, err := w.Accepting(); ok || !errors.Is(err, ErrUnsupported) {
+		t.Errorf("Watcher.Accepting = %v, %v; want false and ErrUnsupported", ok, err)
+	}
 	if Supported {
 		t.Error("Supported is true where Accepting always fails")
 	}

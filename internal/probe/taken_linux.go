@@ -23,7 +23,9 @@ func takenBy(ctx context.Context, pgid int, server, client netip.AddrPort) (bool
 			return false, err
 		}
 		if ino != 0 {
-			return newScan(pgid, []uint64{ino}).walk((*scan).holds)
+			s := newScan(pgid, []uint64{ino})
+			defer s.close()
+			return s.walk((*scan).holds)
 		}
 		// Still in the listening socket's queue: nobody took it yet.
 		t := time.NewTimer(wait)
@@ -37,15 +39,10 @@ func takenBy(ctx context.Context, pgid int, server, client netip.AddrPort) (bool
 	}
 }
 
-// holds marks the sockets still missing that process pid has open.
-func (s *scan) holds(pid int) {
-	base, dir, ok := s.openProc(pid)
-	if !ok {
-		return
-	}
-	defer unix.Close(dir)
-	held, _ := s.fds(base, dir)
-	for _, ino := range held {
+// holds marks the sockets still missing that process p has open.
+func (s *scan) holds(p *proc) {
+	s.fds(p)
+	for _, ino := range s.held {
 		delete(s.left, ino)
 	}
 }
