@@ -100,20 +100,33 @@ cell() { # cell VALUES...: "median (min-max)"
 	echo "${m:-n/a}${r:+ ($r)}"
 }
 
-# paired VALUES_A VALUES_B: the median of the per-round ratios A/B as a
-# percentage, which cancels the drift between rounds that a ratio of
-# medians keeps.
-paired() {
-	local -a a b
+# paired_median VALUES_A VALUES_B: the median of the per-round ratios A/B
+# (the i-th value of A over the i-th of B, as far as both go), or nothing.
+# It cancels the drift between rounds that a ratio of medians keeps.
+paired_median() {
+	local -a a b ratios=()
+	local i
 	read -r -a a <<<"$1"
 	read -r -a b <<<"$2"
-	local i ratios=()
 	for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
 		ratios+=("$(awk -v x="${a[i]}" -v y="${b[i]}" 'BEGIN { if (x > 0 && y > 0) printf "%.4f", x / y }')")
 	done
+	MEDIAN_FORMAT=%.6f median "${ratios[@]}"
+}
+
+# paired VALUES_A VALUES_B: paired_median as a percentage, or n/a.
+paired() {
 	local m
-	m=$(median "${ratios[@]}")
+	m=$(paired_median "$1" "$2")
 	[[ -n $m ]] && awk -v r="$m" 'BEGIN { printf "%.1f%%", 100 * r }' || printf 'n/a'
+}
+
+# paired_ratio VALUES_A VALUES_B: paired_median as a plain ratio (2
+# decimals), or n/a.
+paired_ratio() {
+	local m
+	m=$(paired_median "$1" "$2")
+	[[ -n $m ]] && awk -v r="$m" 'BEGIN { printf "%.2f", r }' || printf 'n/a'
 }
 
 # end_main PID: SIGTERM the scenario's main process (a child of this
