@@ -75,6 +75,8 @@ type Supervisor struct {
 
 	spawner  *spawner
 	watchdog *reexec.Watchdog
+	// launcher makes the workers' trampoline commands; Run owns it.
+	launcher *reexec.Launcher
 
 	// ownMu guards own, the pids of this supervisor's children, so that
 	// the PID 1 orphan reaper never reaps a worker (see internal/reaper).
@@ -452,6 +454,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	s.spawner = newSpawner()
 	defer s.spawner.close()
+	// Closed once every worker has been reaped: Run waits for the slots.
+	s.launcher = reexec.NewLauncher()
+	defer s.launcher.Close()
 	s.ownMu.Lock()
 	wd, err := reexec.StartWatchdog()
 	if err == nil {
