@@ -222,7 +222,7 @@ func (s *Supervisor) startProcess(sl *slot) (_ *process, err error) {
 		base = os.Environ()
 	}
 	env := workerEnv(base, slot, s.target(), names, handed, port, node)
-	cmd, err := reexec.Command(s.path, s.argv, env, 3+len(extra)-1)
+	cmd, err := s.launcher.Command(s.path, s.argv, env, 3+len(extra)-1)
 	if err != nil {
 		closeAll(statusR, statusW, outR, outW, errR, errW, ipcW)
 		if inR != nil {
@@ -240,7 +240,7 @@ func (s *Supervisor) startProcess(sl *slot) (_ *process, err error) {
 	cmd.SysProcAttr = workerAttr()
 
 	s.ownMu.Lock()
-	err = s.spawner.start(cmd)
+	cmd, err = s.launcher.Start(cmd, s.spawner.start)
 	if err == nil {
 		s.own[cmd.Process.Pid] = true
 	}
@@ -318,7 +318,7 @@ func (s *Supervisor) waitProcess(p *process, slot int, statusR, outR, errR *os.F
 	}
 	pumps.Go(func() { s.stderr.Pump(errR, slot, p.pid) })
 
-	execErr := reexec.ReadExecStatus(statusR)
+	execErr := reexec.ReadExecStatus(statusR, s.path)
 	statusR.Close()
 	p.sl.post(procEvent{p: p, kind: evExec, err: execErr})
 	reading := make(chan struct{})

@@ -77,6 +77,8 @@ type Supervisor struct {
 	spawner  *spawner
 	watchdog *reexec.Watchdog
 	exits    *exits.Notifier // nil where early exit notices are not available
+	// launcher makes the workers' trampoline commands; Run owns it.
+	launcher *reexec.Launcher
 
 	// ownMu guards own, the pids of this supervisor's children, so that
 	// the PID 1 orphan reaper never reaps a worker (see internal/reaper).
@@ -454,6 +456,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	s.spawner = newSpawner()
 	defer s.spawner.close()
+	// Closed once every worker has been reaped: Run waits for the slots.
+	s.launcher = reexec.NewLauncher()
+	defer s.launcher.Close()
+	if err := s.launcher.GoFallback(); err != nil {
+		// Each start then costs the Go runtime's start-up, ~1.5 ms more.
+		s.log.Debug("workers start through the Go exec trampoline", "why", err)
+	}
 	s.ownMu.Lock()
 	wd, err := reexec.StartWatchdog()
 	if err == nil {

@@ -7,7 +7,10 @@
 //     LISTEN_PID to its own pid (os/exec cannot: the pid is only known after
 //     fork) and then replaces itself with the worker command by execve, so
 //     the worker keeps that pid. An exec failure is reported to the primary
-//     through a close-on-exec pipe, as os/exec itself does.
+//     through a close-on-exec pipe, as os/exec itself does. On Linux amd64
+//     and arm64 a Launcher runs a tiny assembly trampoline (tramp/) that
+//     does the same without a Go runtime to start, and falls back to this
+//     one where that cannot run.
 //   - the watchdog: a small process that outlives a primary killed by
 //     SIGKILL just long enough to kill the process groups of its workers,
 //     covering what the parent-death signal cannot (a worker's descendants,
@@ -19,6 +22,8 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"syscall"
 )
 
 const (
@@ -80,14 +85,31 @@ func Command(path string, argv []string, env []string, statusFD int) (*exec.Cmd,
 
 // ReadExecStatus reads the trampoline's exec-status pipe until it closes.
 // It returns nil when the worker command was exec'ed, or the error execve
-// returned.
-func ReadExecStatus(r *os.File) error {
+// returned. path is the worker command's, which the tiny trampoline's
+// report leaves out.
+func ReadExecStatus(r *os.File, path string) error {
 	buf := make([]byte, 512)
 	n, _ := readFull(r, buf)
 	if n == 0 {
 		return nil
 	}
-	return &ExecError{Msg: string(buf[:n])}
+	return &ExecError{Msg: execMessage(string(buf[:n]), path)}
+}
+
+// execMessage words the tiny trampoline's reports, "errno N" and
+// "close_range errno N", as the Go trampoline does.
+func execMessage(msg, path string) string {
+	if v, ok := strings.CutPrefix(msg, "errno "); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			return fmt.Sprintf("exec %s: %v", path, syscall.Errno(n))
+		}
+	}
+	if v, ok := strings.CutPrefix(msg, "close_range errno "); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			return fmt.Sprintf("exec %s: herd's exec trampoline: close_range: %v", path, syscall.Errno(n))
+		}
+	}
+	return msg
 }
 
 func readFull(r *os.File, buf []byte) (int, error) {
