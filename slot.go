@@ -512,7 +512,8 @@ func (m *machine) died(p *process) {
 		return
 	}
 	m.sup.setLive(m.id, false)
-	if m.next == nil && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {
+	// A worker that ends with its input (Map) is done, not to be replaced.
+	if m.next == nil && !p.inputEnded.Load() && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {
 		if np, err := m.sup.startProcess(m.slot); err == nil {
 			np.reason = "its worker exited"
 			m.next = np
