@@ -20,9 +20,6 @@ const (
 	httpProbeEvery   = 20 * time.Millisecond
 	slowProbeAfter   = time.Second
 	slowProbeEvery   = 50 * time.Millisecond
-	// confirmWait is how long the read loop is given to handle what it
-	// has read before a worker that accepts is taken for a plain one.
-	confirmWait = 200 * time.Microsecond
 	// plainGrace is how long a worker without sockets has to say hello
 	// before ReadyAuto takes it for one that does not speak the protocol.
 	plainGrace = time.Second
@@ -137,17 +134,12 @@ func (s *Supervisor) watchReadiness(p *process) {
 				// A worker that speaks the protocol says hello before it
 				// takes its sockets, so its hello is in the channel by
 				// now: before taking the worker for a plain one, make sure
-				// nothing is left unread, and give the read loop a moment
-				// to finish with what it read (a short wait, not a tick:
-				// a replacement's clients wait for this).
+				// the read loop has handled all it sent (no timer: Go
+				// rounds a short one up to a millisecond, and a
+				// replacement's clients wait for this).
 				if auto && !confirm {
-					if confirm = p.ch.Pending() == 0; !confirm {
+					if confirm = p.ch.Idle(); !confirm {
 						return true
-					}
-					select {
-					case <-time.After(confirmWait):
-					case <-p.gone:
-						return false
 					}
 					if p.speaks.Load() {
 						return false // it will say herd.ready

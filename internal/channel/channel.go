@@ -74,6 +74,9 @@ type Conn struct {
 	// end accepts relays, which may be RelaySlack longer.
 	readMax int
 	rd      *ipc.Reader // the read loop's, for SetMax
+	// drained is set while the read loop waits for bytes from the socket,
+	// which it does only once it has handled every message it read.
+	drained atomic.Bool
 	// acceptFDs says descriptors passed by the other side are kept for
 	// TakeFD (the worker's end); the primary's end closes any it gets.
 	acceptFDs bool
@@ -775,7 +778,7 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 			r = &fdReader{c: c, uc: uc, oob: make([]byte, unix.CmsgSpace(4*maxFDsPerWrite))}
 		}
 	}
-	rd := ipc.NewReader(r, c.readMax)
+	rd := ipc.NewReader(drainReader{r, &c.drained}, c.readMax)
 	c.rd = rd
 	var dec ipc.Decoder
 	bh, _ := h.(BatchHandler)
@@ -807,6 +810,27 @@ func (c *Conn) ReadLoop(r io.Reader, h Handler) error {
 		c.reads.Add(1)
 		h.Message(m)
 	}
+}
+
+// Idle reports whether the read loop has handled everything the other side
+// has sent so far: it waits for more, and the socket holds nothing unread.
+// False before the read loop starts. (Bytes a read has just taken from the
+// socket, in the instant before it returns them, are not seen.)
+func (c *Conn) Idle() bool { return c.drained.Load() && c.Pending() == 0 }
+
+// drainReader marks the time the read loop spends waiting in its reader's
+// Read, which its ipc.Reader calls only with no complete message left
+// undelivered.
+type drainReader struct {
+	r       io.Reader
+	drained *atomic.Bool
+}
+
+func (d drainReader) Read(b []byte) (int, error) {
+	d.drained.Store(true)
+	n, err := d.r.Read(b)
+	d.drained.Store(false)
+	return n, err
 }
 
 // fdReader reads the channel's bytes and keeps the descriptors that come

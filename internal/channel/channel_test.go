@@ -550,3 +550,49 @@ func (s *streamCheck) Bad(err error) {
 	defer s.mu.Unlock()
 	s.bad = append(s.bad, err)
 }
+
+// gated is a handler that holds each message until the test lets it go.
+type gated struct {
+	got  chan string
+	gate chan struct{}
+}
+
+func (g *gated) Message(m ipc.Message) {
+	g.got <- m.Type
+	<-g.gate
+}
+
+func (g *gated) Bad(error) {}
+
+// TestIdleMeansEverythingSentWasHandled checks Idle, which the primary's
+// readiness probe uses to tell whether a worker's hello could still be on
+// its way: false before the read loop runs, and from the moment a message
+// is sent until its handler has returned.
+func TestIdleMeansEverythingSentWasHandled(t *testing.T) {
+	ch, peer := pair(t, 0)
+	if ch.Idle() {
+		t.Fatal("idle before the read loop started")
+	}
+	g := &gated{got: make(chan string), gate: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- ch.ReadLoop(nil, g) }()
+	if !eventually(ch.Idle) {
+		t.Fatal("not idle with the read loop waiting and nothing sent")
+	}
+	fmt.Fprintf(peer, "%s\n", `{"type":"herd.hello"}`)
+	if typ := <-g.got; typ != "herd.hello" {
+		t.Fatalf("handled %q", typ)
+	}
+	if ch.Idle() {
+		t.Error("idle while the handler of the message runs")
+	}
+	close(g.gate)
+	if !eventually(ch.Idle) {
+		t.Error("not idle after the message was handled")
+	}
+	peer.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
