@@ -595,4 +595,3 @@ func TestIdleMeansEverythingSentWasHandled(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
