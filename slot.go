@@ -511,6 +511,7 @@ func (m *machine) died(p *process) {
 	if p != m.cur || !p.running || p.asked || m.stopping {
 		return
 	}
+	m.joinAt = nil // a probation that ends now must not make it live again
 	m.sup.setLive(m.id, false)
 	// A worker that ends with its input (Map) is done, not to be replaced.
 	if m.next == nil && !p.inputEnded.Load() && m.backoff.AtOnce(stayedUp(p, time.Since(p.started))) {

@@ -104,13 +104,7 @@ func (n *Notifier) register(fd int) error {
 // skipped.
 func request(fd int, buf []byte, family uint16, cmd, version uint8, attr []byte, answer func([]byte)) error {
 	const seq = 1
-	msg := make([]byte, nlmsgHdrLen+genlHdrLen+len(attr))
-	binary.NativeEndian.PutUint32(msg, uint32(len(msg)))
-	binary.NativeEndian.PutUint16(msg[4:], family)
-	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(msg[8:], seq)
-	msg[nlmsgHdrLen], msg[nlmsgHdrLen+1] = cmd, version
-	copy(msg[nlmsgHdrLen+genlHdrLen:], attr)
+	msg := genlMsg(family, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, cmd, version, attr)
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return err
 	}
@@ -141,6 +135,18 @@ func request(fd int, buf []byte, family uint16, cmd, version uint8, attr []byte,
 			b = b[align(size, len(b)):]
 		}
 	}
+}
+
+// genlMsg encodes one generic netlink message.
+func genlMsg(family, flags uint16, seq uint32, cmd, version uint8, attr []byte) []byte {
+	msg := make([]byte, nlmsgHdrLen+genlHdrLen+len(attr))
+	binary.NativeEndian.PutUint32(msg, uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], family)
+	binary.NativeEndian.PutUint16(msg[6:], flags)
+	binary.NativeEndian.PutUint32(msg[8:], seq)
+	msg[nlmsgHdrLen], msg[nlmsgHdrLen+1] = cmd, version
+	copy(msg[nlmsgHdrLen+genlHdrLen:], attr)
+	return msg
 }
 
 // nlAttr encodes one netlink attribute.
@@ -179,14 +185,9 @@ func (n *Notifier) Close() error {
 	// Without this the kernel drops the listener only when a send to the
 	// closed socket fails.
 	if rc, err := n.f.SyscallConn(); err == nil {
+		msg := genlMsg(n.family, unix.NLM_F_REQUEST, 0, unix.TASKSTATS_CMD_GET, unix.TASKSTATS_VERSION,
+			nlAttr(unix.TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, n.mask+"\x00"))
 		rc.Write(func(fd uintptr) bool {
-			msg := make([]byte, nlmsgHdrLen+genlHdrLen)
-			attr := nlAttr(unix.TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, n.mask+"\x00")
-			msg = append(msg, attr...)
-			binary.NativeEndian.PutUint32(msg, uint32(len(msg)))
-			binary.NativeEndian.PutUint16(msg[4:], n.family)
-			binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST)
-			msg[nlmsgHdrLen], msg[nlmsgHdrLen+1] = unix.TASKSTATS_CMD_GET, unix.TASKSTATS_VERSION
 			unix.Sendto(int(fd), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 			return true
 		})

@@ -677,16 +677,21 @@ func TestWatcherOrphan(t *testing.T) {
 	w := NewWatcher(c.pgid(), []uint64{ino})
 	defer w.Close()
 	skipWalk(w)
-	for call := 1; ; call++ {
-		ok, err := w.Accepting()
-		if ok {
+	foundWithin(t, w, walkEvery)
+}
+
+// foundWithin fails the test unless w says accepting within n calls.
+func foundWithin(t *testing.T, w *Watcher, n int) {
+	t.Helper()
+	var err error
+	for call := 1; call <= n; call++ {
+		var ok bool
+		if ok, err = w.Accepting(); ok {
 			t.Logf("found on call %d", call)
 			return
 		}
-		if call == walkEvery {
-			t.Fatalf("Watcher.Accepting still false after %d calls (error %v)", call, err)
-		}
 	}
+	t.Fatalf("Watcher.Accepting still false after %d calls (error %v)", n, err)
 }
 
 // TestWatcherReusedFd checks that a Watcher finds, within relinkEvery
@@ -704,16 +709,7 @@ func TestWatcherReusedFd(t *testing.T) {
 	c.open(t)
 	c.atGate(t) // /dev/null's fd is an epoll instance now
 	eventually(t, function(c.pgid(), ino))
-	for call := 1; ; call++ {
-		ok, err := w.Accepting()
-		if ok {
-			t.Logf("found on call %d after the change", call)
-			return
-		}
-		if call == relinkEvery {
-			t.Fatalf("Watcher.Accepting still false %d calls after the change (error %v)", call, err)
-		}
-	}
+	foundWithin(t, w, relinkEvery)
 }
 
 // TestWatcherReplacedSocket checks that a thread blocked in accept on the
