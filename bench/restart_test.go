@@ -47,9 +47,25 @@ func BenchmarkReplaceKilledWorker(b *testing.B) {
 	c.Timeout = 30 * time.Second
 	pid := waitPID(c, url, 0)
 	b.ResetTimer()
-	for b.Loop() {
+	for range b.N {
+		// A worker killed before herd took it for ready would count as
+		// a crash loop (restarted after a backoff): wait for that, off
+		// the clock.
+		b.StopTimer()
+		waitReady(sup, pid)
+		b.StartTimer()
 		syscall.Kill(pid, syscall.SIGKILL)
 		pid = waitPID(c, url, pid)
+	}
+}
+
+// waitReady waits until the supervisor's worker pid is ready.
+func waitReady(sup *herd.Supervisor, pid int) {
+	for {
+		if w := sup.Workers()[0]; w.PID == pid && w.Ready {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
